@@ -1,0 +1,33 @@
+# caddy-gateway. `make run` builds Caddy with the gateway (xcaddy) and runs
+# Caddyfile.example; `make test` runs every test.
+
+CADDY_VERSION ?= v2.11.9
+MODULE        := github.com/caddygateway/caddy-gateway
+# The module path is not published, so xcaddy is given the zero
+# pseudo-version with a local replacement (a bare `=.` makes `go get` ask the
+# module proxy for the path, which refuses it).
+WITH          := $(MODULE)@v0.0.0-00010101000000-000000000000=$(CURDIR)
+BIN           ?= bin/caddy
+
+.PHONY: build run test lint bench load token clean
+
+build:
+	go tool xcaddy build $(CADDY_VERSION) --output $(BIN) --with $(WITH)
+
+run: build
+	$(BIN) run --config Caddyfile.example --adapter caddyfile
+
+test:
+	bash scripts/test.sh
+
+lint:
+	bash scripts/lint.sh
+
+bench:
+	go test -run '^$$' -bench . -benchmem ./jwtauth/... ./ratelimit/... ./aggregate/...
+
+token:
+	@go run ./cmd/demo-token
+
+clean:
+	rm -rf bin

@@ -1,0 +1,135 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	_ "github.com/caddygateway/caddy-gateway"
+)
+
+// Ports of the in-process Caddy, chosen free once per test process so that
+// several test processes on one machine never collide (caddytest's defaults
+// are fixed ports).
+var (
+	adminPort int
+	httpPort  int
+	httpsPort int
+)
+
+func TestMain(m *testing.M) {
+	// caddytest writes under $HOME/.config/caddy and XDG dirs: keep it in a
+	// temporary directory.
+	home, err := os.MkdirTemp("", "caddy-gateway-test-home-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, k := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"} {
+		v := home
+		if k != "HOME" {
+			v = home + "/" + strings.ToLower(strings.TrimPrefix(k, "XDG_"))
+		}
+		os.Setenv(k, v)
+	}
+	adminPort, httpPort, httpsPort = freePort(), freePort(), freePort()
+	code := m.Run()
+	os.RemoveAll(home)
+	os.Exit(code)
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// globalOptions is the global options block every in-process config starts
+// with.
+func globalOptions(extra string) string {
+	return fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:%d
+	http_port %d
+	https_port %d
+	grace_period 1ns
+	%s
+}
+`, adminPort, httpPort, httpsPort, extra)
+}
+
+// newTester returns a caddytest.Tester bound to this process's admin port.
+func newTester(t *testing.T) *caddytest.Tester {
+	t.Helper()
+	return caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
+		AdminPort:          adminPort,
+		Certificates:       []string{},
+		TestRequestTimeout: 10 * time.Second,
+		LoadRequestTimeout: 10 * time.Second,
+	})
+}
+
+// gateway loads a Caddyfile whose only site is http://localhost:<httpPort>
+// with the given site body, and returns the tester. extraGlobal goes into the
+// global options block.
+func gateway(t *testing.T, extraGlobal, siteBody string) *caddytest.Tester {
+	t.Helper()
+	tc := newTester(t)
+	tc.InitServer(caddyfile(extraGlobal, siteBody), "caddyfile")
+	return tc
+}
+
+// caddyfile renders a full Caddyfile for the test site.
+func caddyfile(extraGlobal, siteBody string) string {
+	return globalOptions(extraGlobal) + fmt.Sprintf("http://localhost:%d {\n%s\n}\n", httpPort, siteBody)
+}
+
+// siteURL is the URL of path on the test site.
+func siteURL(path string) string {
+	return fmt.Sprintf("http://localhost:%d%s", httpPort, path)
+}
+
+// do sends req through the tester's client and returns status, headers and
+// body.
+func do(t *testing.T, tc *caddytest.Tester, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	resp, err := tc.Client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	return resp, string(body)
+}
+
+// get builds a GET request for path on the test site with the given header
+// pairs ("Name", "value", ...).
+func get(t *testing.T, path string, headers ...string) *http.Request {
+	t.Helper()
+	return request(t, http.MethodGet, path, headers...)
+}
+
+func request(t *testing.T, method, path string, headers ...string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, siteURL(path), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	return req
+}

@@ -1,0 +1,2 @@
+// Package jwtauth holds the jwt_auth handler (http.handlers.jwt_auth).
+package jwtauth

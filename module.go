@@ -1,0 +1,22 @@
+// Package caddygateway turns Caddy v2 into an API gateway.
+//
+// Importing this package (for example with
+// `xcaddy build --with github.com/caddygateway/caddy-gateway`) registers
+// every gateway module and Caddyfile directive:
+//
+//   - http.handlers.jwt_auth (directive jwt_auth): verify a JWT and inject
+//     identity headers and {http.auth.user.*} placeholders.
+//   - http.handlers.throttle (directive throttle): per-client rate limiting.
+//   - http.handlers.aggregate (directive aggregate): fan out to several
+//     backends and merge their JSON.
+//
+// The directive order is registered in caddyfile.go, so no `order` global
+// option is needed.
+package caddygateway
+
+import (
+	// Each package registers its module(s) and Caddyfile directive in init.
+	_ "github.com/caddygateway/caddy-gateway/aggregate"
+	_ "github.com/caddygateway/caddy-gateway/jwtauth"
+	_ "github.com/caddygateway/caddy-gateway/ratelimit"
+)

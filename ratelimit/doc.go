@@ -1,0 +1,3 @@
+// Package ratelimit will hold the throttle handler (http.handlers.throttle):
+// per-client GCRA rate limiting. It registers no module yet.
+package ratelimit
