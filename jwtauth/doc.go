@@ -1,2 +1,0 @@
-// Package jwtauth holds the jwt_auth handler (http.handlers.jwt_auth).
-package jwtauth

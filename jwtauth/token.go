@@ -1,0 +1,334 @@
+package jwtauth
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// maxTokenLen bounds the size of a token this module looks at. Larger input
+// is refused before any decoding.
+const maxTokenLen = 8 << 10
+
+// Refusal reasons. Their texts become {http.auth.jwt.error} and never carry
+// token or key material.
+var (
+	errMalformed     = errors.New("malformed token")
+	errTooLarge      = errors.New("token too large")
+	errAlgorithm     = errors.New("algorithm not allowed")
+	errCrit          = errors.New("unsupported critical header")
+	errType          = errors.New("token type not accepted")
+	errKid           = errors.New("invalid key id")
+	errNoKey         = errors.New("no key for this token")
+	errSignature     = errors.New("invalid signature")
+	errExpired       = errors.New("token expired")
+	errNotYetValid   = errors.New("token not valid yet")
+	errIssuedFuture  = errors.New("token issued in the future")
+	errClaimType     = errors.New("invalid time claim")
+	errMissingExp    = errors.New("token has no expiry")
+	errIssuer        = errors.New("issuer not accepted")
+	errAudience      = errors.New("audience not accepted")
+	errLifetime      = errors.New("token lifetime too long")
+	errMissingClaim  = errors.New("required claim missing")
+	errClaimControl  = errors.New("claim value holds a control character")
+	errScope         = errors.New("insufficient scope")
+	errClaimMismatch = errors.New("claim requirement not met")
+)
+
+var b64 = base64.RawURLEncoding.Strict()
+
+// header is the part of a JOSE header this module reads. jku, x5u, jwk and
+// x5c are never read, so never followed.
+type header struct {
+	Alg  string          `json:"alg"`
+	Kid  *string         `json:"kid"`
+	Typ  *string         `json:"typ"`
+	Crit json.RawMessage `json:"crit"`
+}
+
+// keyLookup finds the keys that may verify a token with the given alg and
+// kid.
+type keyLookup interface {
+	candidates(a alg, kid string, hasKid bool, dst []verificationKey) []verificationKey
+}
+
+// staticKeySet is a fixed list of keys.
+type staticKeySet []verificationKey
+
+func (s staticKeySet) candidates(a alg, kid string, hasKid bool, dst []verificationKey) []verificationKey {
+	for _, k := range s {
+		if !k.algs.has(a) {
+			continue
+		}
+		if k.kid != "" && hasKid && k.kid != kid {
+			continue
+		}
+		dst = append(dst, k)
+	}
+	return dst
+}
+
+// verifier checks a compact JWS and its claims. It holds no per-request
+// state and is safe for concurrent use.
+type verifier struct {
+	keys        keyLookup
+	allowed     algSet
+	validator   *jwt.Validator
+	issuers     []string
+	audiences   bool // an audience is required
+	maxLifetime time.Duration
+	require     []string
+	types       []string
+	now         func() time.Time
+}
+
+func newVerifier(keys keyLookup, allowed algSet, leeway, maxLifetime time.Duration, issuers, audiences, require, types []string, allowNoExp bool, now func() time.Time) *verifier {
+	opts := []jwt.ParserOption{jwt.WithLeeway(leeway), jwt.WithIssuedAt(), jwt.WithTimeFunc(now)}
+	if !allowNoExp {
+		opts = append(opts, jwt.WithExpirationRequired())
+	}
+	if len(audiences) > 0 {
+		opts = append(opts, jwt.WithAudience(audiences...))
+	}
+	return &verifier{
+		keys:        keys,
+		allowed:     allowed,
+		validator:   jwt.NewValidator(opts...),
+		issuers:     issuers,
+		audiences:   len(audiences) > 0,
+		maxLifetime: maxLifetime,
+		require:     require,
+		types:       types,
+		now:         now,
+	}
+}
+
+// splitCompact checks that token is a compact JWS (RFC 7515 §7.1): exactly
+// three segments of base64url characters, no padding, no whitespace, a
+// non-empty signature. Anything else — JSON serialisation, four or five
+// segments (JWE), stray characters — is malformed.
+func splitCompact(token string) (hdr, payload, sig string, err error) {
+	if len(token) > maxTokenLen {
+		return "", "", "", errTooLarge
+	}
+	dot1, dot2 := -1, -1
+	for i := 0; i < len(token); i++ {
+		c := token[i]
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		case c == '.':
+			switch {
+			case dot1 < 0:
+				dot1 = i
+			case dot2 < 0:
+				dot2 = i
+			default:
+				return "", "", "", errMalformed
+			}
+		default:
+			return "", "", "", errMalformed
+		}
+	}
+	if dot2 < 0 || dot1 == 0 || dot2 == dot1+1 || dot2 == len(token)-1 {
+		return "", "", "", errMalformed
+	}
+	return token[:dot1], token[dot1+1 : dot2], token[dot2+1:], nil
+}
+
+// verify checks the token and returns its claims. Numbers in the claims are
+// json.Number, keeping their exact literal.
+func (v *verifier) verify(token string) (jwt.MapClaims, error) {
+	hdrB64, payloadB64, sigB64, err := splitCompact(token)
+	if err != nil {
+		return nil, err
+	}
+	hdrJSON, err := b64.DecodeString(hdrB64)
+	if err != nil {
+		return nil, errMalformed
+	}
+	var h header
+	if err := json.Unmarshal(hdrJSON, &h); err != nil {
+		return nil, errMalformed
+	}
+	a, ok := parseAlg(h.Alg)
+	if !ok || !v.allowed.has(a) {
+		return nil, errAlgorithm
+	}
+	if h.Crit != nil {
+		// No JWS extension is understood here, so any crit — and a
+		// malformed one all the more — is refused (RFC 7515 §4.1.11).
+		return nil, errCrit
+	}
+	if len(v.types) > 0 && (h.Typ == nil || !typeAccepted(*h.Typ, v.types)) {
+		return nil, errType
+	}
+	kid, hasKid := "", h.Kid != nil
+	if hasKid {
+		kid = *h.Kid
+	}
+	sig, err := b64.DecodeString(sigB64)
+	if err != nil {
+		return nil, errMalformed
+	}
+
+	var buf [4]verificationKey
+	keys := v.keys.candidates(a, kid, hasKid, buf[:0])
+	if len(keys) == 0 {
+		return nil, errNoKey
+	}
+	if hasKid && !kidMatched(keys, kid) && !safeKid(kid) {
+		// A kid is only a lookup key. One that no key carries and that
+		// looks like a path or holds control characters is refused.
+		return nil, errKid
+	}
+	signingString := token[:len(hdrB64)+1+len(payloadB64)]
+	method := algMethods[a]
+	verified := false
+	for _, k := range keys {
+		if method.Verify(signingString, sig, k.key) == nil {
+			verified = true
+			break
+		}
+	}
+	if !verified {
+		return nil, errSignature
+	}
+
+	payload, err := b64.DecodeString(payloadB64)
+	if err != nil {
+		return nil, errMalformed
+	}
+	claims, err := decodeClaims(payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.checkClaims(claims); err != nil {
+		return nil, err
+	}
+	return claims, nil
+}
+
+// decodeClaims decodes a JWT claims set, keeping numbers as json.Number.
+func decodeClaims(payload []byte) (jwt.MapClaims, error) {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	var claims jwt.MapClaims
+	if err := dec.Decode(&claims); err != nil || claims == nil {
+		return nil, errMalformed
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errMalformed // trailing data after the claims object
+	}
+	return claims, nil
+}
+
+// checkClaims applies the time rules (exp, nbf, iat as JSON numbers, with
+// leeway), issuer, audience, lifetime and required claims.
+func (v *verifier) checkClaims(claims jwt.MapClaims) error {
+	for _, name := range [...]string{"exp", "nbf", "iat"} {
+		if val, ok := claims[name]; ok {
+			if _, isNum := val.(json.Number); !isNum {
+				return errClaimType
+			}
+		}
+	}
+	if err := v.validator.Validate(claims); err != nil {
+		switch {
+		case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && claims["exp"] == nil:
+			return errMissingExp
+		case errors.Is(err, jwt.ErrTokenExpired):
+			return errExpired
+		case errors.Is(err, jwt.ErrTokenNotValidYet):
+			return errNotYetValid
+		case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+			return errIssuedFuture
+		case errors.Is(err, jwt.ErrTokenInvalidAudience), v.audiences && claims["aud"] == nil:
+			return errAudience
+		default:
+			return errClaimType
+		}
+	}
+	if len(v.issuers) > 0 {
+		iss, _ := claims["iss"].(string)
+		if !contains(v.issuers, iss) {
+			return errIssuer
+		}
+	}
+	if v.maxLifetime > 0 {
+		exp, _ := claims.GetExpirationTime()
+		if exp == nil {
+			return errMissingExp
+		}
+		from := v.now()
+		if iat, _ := claims.GetIssuedAt(); iat != nil {
+			from = iat.Time
+		}
+		if exp.Sub(from) > v.maxLifetime {
+			return errLifetime
+		}
+	}
+	for _, path := range v.require {
+		if val, ok := lookupClaim(claims, path); !ok || val == nil {
+			return errMissingClaim
+		}
+	}
+	return nil
+}
+
+// typeAccepted compares a JOSE typ with the accepted ones, case-insensitively
+// and ignoring an "application/" prefix (RFC 7515 §4.1.9).
+func typeAccepted(typ string, accepted []string) bool {
+	typ = trimApplication(typ)
+	for _, a := range accepted {
+		if strings.EqualFold(typ, trimApplication(a)) {
+			return true
+		}
+	}
+	return false
+}
+
+func trimApplication(s string) string {
+	if len(s) > len("application/") && strings.EqualFold(s[:len("application/")], "application/") {
+		return s[len("application/"):]
+	}
+	return s
+}
+
+func kidMatched(keys []verificationKey, kid string) bool {
+	for _, k := range keys {
+		if k.kid == kid {
+			return true
+		}
+	}
+	return false
+}
+
+// safeKid reports whether a kid that matched no key's kid is harmless: not
+// empty-looking, no path separators or dot segments, no control characters,
+// reasonably short.
+func safeKid(kid string) bool {
+	if len(kid) > 256 || strings.Contains(kid, "..") {
+		return false
+	}
+	for i := 0; i < len(kid); i++ {
+		if c := kid[i]; c < 0x20 || c == 0x7f || c == '/' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
