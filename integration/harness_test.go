@@ -6,11 +6,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/certmagic"
 
 	_ "github.com/caddygateway/caddy-gateway"
 )
@@ -39,6 +42,10 @@ func TestMain(m *testing.M) {
 		}
 		os.Setenv(k, v)
 	}
+	// Caddy computes its default storage and autosave paths at package
+	// init, before this runs: point them at the temp dir too.
+	caddy.DefaultStorage = &certmagic.FileStorage{Path: filepath.Join(home, "data")}
+	caddy.ConfigAutosavePath = filepath.Join(home, "autosave.json")
 	adminPort, httpPort, httpsPort = freePort(), freePort(), freePort()
 	code := m.Run()
 	os.RemoveAll(home)
@@ -63,6 +70,7 @@ func globalOptions(extra string) string {
 	http_port %d
 	https_port %d
 	grace_period 1ns
+	persist_config off
 	%s
 }
 `, adminPort, httpPort, httpsPort, extra)

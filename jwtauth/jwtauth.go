@@ -32,6 +32,10 @@ func init() {
 //	{http.auth.user.id}            the user_id claim (default sub); the access log's user_id
 //	{http.auth.user.<claim.path>}  any claim, by dot-path, resolved when used
 //
+// A claim that is absent, null, or holds a control character resolves to
+// the empty string; so does every {http.auth.user.*} of an anonymous request
+// let through by `optional`.
+//
 // Claim values are rendered as text: strings as is, numbers as their exact
 // JSON literal, booleans true/false, arrays of scalars joined with ", ",
 // objects as compact JSON.
@@ -279,6 +283,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if token == "" {
 		if h.Optional {
+			// Anonymous: every {http.auth.user.*} is known and empty.
+			repl.Map(userClaims(nil).placeholder)
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, repl, http.StatusUnauthorized, "", errNoToken)
@@ -446,13 +452,15 @@ func (c userClaims) placeholder(key string) (any, bool) {
 	if !strings.HasPrefix(key, userPlaceholderPrefix) {
 		return nil, false
 	}
+	// Known but empty when the claim is absent, null or unfit for a header,
+	// so that no literal placeholder text ever reaches an upstream.
 	v, ok := lookupClaim(c, key[len(userPlaceholderPrefix):])
 	if !ok {
-		return nil, false
+		return "", true
 	}
 	text, ok := claimText(v)
 	if !ok || hasControl(text) {
-		return nil, false
+		return "", true
 	}
 	return text, true
 }
