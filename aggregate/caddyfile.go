@@ -1,0 +1,222 @@
+package aggregate
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	// The directive's position (before reverse_proxy) is registered once, in
+	// the root package's caddyfile.go.
+	httpcaddyfile.RegisterHandlerDirective("aggregate", parseCaddyfile)
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	a := new(Handler)
+	if err := a.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	aggregate [<matcher>] {
+//		backend <name> <url-template> {
+//			method    <METHOD>
+//			header    <Name> <value>
+//			timeout   <duration>
+//			required
+//			target    <field.path>
+//			fallback  <json>
+//		}
+//		forward_headers <Name...>
+//		timeout     <duration>
+//		max_body    <size>
+//	}
+//
+// A backend block is optional. `header` may be repeated (values add up);
+// every other subdirective may appear once per block. `fallback` takes the
+// rest of the line as JSON; quote it with backticks when it holds spaces or
+// is a JSON string: fallback `"n/a"`.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if sub != "backend" && sub != "forward_headers" {
+			if seen[sub] {
+				return d.Errf("duplicate subdirective %q", sub)
+			}
+			seen[sub] = true
+		}
+		switch sub {
+		case "backend":
+			b, err := parseBackend(d)
+			if err != nil {
+				return err
+			}
+			for _, other := range h.Backends {
+				if other.Name == b.Name {
+					return d.Errf("duplicate backend name %q", b.Name)
+				}
+			}
+			h.Backends = append(h.Backends, b)
+
+		case "forward_headers":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			for _, name := range names {
+				if forbiddenHeaders[http.CanonicalHeaderKey(name)] {
+					return d.Errf("forward_headers: %s cannot be forwarded", name)
+				}
+				for _, have := range h.ForwardHeaders {
+					if strings.EqualFold(have, name) {
+						return d.Errf("header %q listed twice in forward_headers", name)
+					}
+				}
+				h.ForwardHeaders = append(h.ForwardHeaders, name)
+			}
+
+		case "timeout":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil {
+				return d.Errf("parsing timeout: %v", err)
+			}
+			if dur <= 0 {
+				return d.Errf("timeout must be positive")
+			}
+			h.Timeout = caddy.Duration(dur)
+
+		case "max_body":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(s)
+			if err != nil {
+				return d.Errf("parsing max_body %q: %v", s, err)
+			}
+			if size == 0 || size > 1<<40 {
+				return d.Errf("max_body must be between 1 byte and 1TiB")
+			}
+			h.MaxBody = int64(size)
+
+		default:
+			return d.Errf("unrecognized subdirective %q", sub)
+		}
+	}
+	if len(h.Backends) == 0 {
+		return d.Err("at least one backend is required")
+	}
+	return nil
+}
+
+// parseBackend parses `backend <name> <url-template> [{ ... }]`.
+func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
+	b := new(Backend)
+	if !d.AllArgs(&b.Name, &b.URL) {
+		return nil, d.ArgErr()
+	}
+	if _, err := compileURL(b.URL); err != nil {
+		return nil, d.Errf("backend %q: %v", b.Name, err)
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(1) {
+		sub := d.Val()
+		if sub != "header" {
+			if seen[sub] {
+				return nil, d.Errf("backend %q: duplicate subdirective %q", b.Name, sub)
+			}
+			seen[sub] = true
+		}
+		switch sub {
+		case "method":
+			if !d.AllArgs(&b.Method) {
+				return nil, d.ArgErr()
+			}
+			b.Method = strings.ToUpper(b.Method)
+			if !validMethod(b.Method) {
+				return nil, d.Errf("backend %q: invalid method %q", b.Name, b.Method)
+			}
+
+		case "header":
+			var name, value string
+			if !d.AllArgs(&name, &value) {
+				return nil, d.ArgErr()
+			}
+			if forbiddenHeaders[http.CanonicalHeaderKey(name)] {
+				return nil, d.Errf("backend %q: header %s cannot be set", b.Name, name)
+			}
+			if b.Header == nil {
+				b.Header = make(map[string][]string)
+			}
+			b.Header.Add(name, value)
+
+		case "timeout":
+			var s string
+			if !d.AllArgs(&s) {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil {
+				return nil, d.Errf("backend %q: parsing timeout: %v", b.Name, err)
+			}
+			if dur <= 0 {
+				return nil, d.Errf("backend %q: timeout must be positive", b.Name)
+			}
+			b.Timeout = caddy.Duration(dur)
+
+		case "required":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			b.Required = true
+
+		case "target":
+			if !d.AllArgs(&b.Target) {
+				return nil, d.ArgErr()
+			}
+			for _, seg := range strings.Split(b.Target, ".") {
+				if seg == "" {
+					return nil, d.Errf("backend %q: target %q has an empty segment", b.Name, b.Target)
+				}
+			}
+
+		case "fallback":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			raw := strings.Join(args, " ")
+			if !json.Valid([]byte(raw)) {
+				return nil, d.Errf("backend %q: fallback is not valid JSON: %s", b.Name, raw)
+			}
+			b.Fallback = json.RawMessage(raw)
+
+		default:
+			return nil, d.Errf("unrecognized subdirective %q", sub)
+		}
+	}
+	return b, nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,283 @@
+package aggregate
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"unicode"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// urlTemplate is a compiled backend URL template. Placeholders may appear
+// only in the path and the query; the scheme and authority are fixed at
+// load.
+type urlTemplate struct {
+	base     string  // scheme://authority, never holds a placeholder
+	path     []piece // path pieces; values escaped as one path segment
+	query    []piece // query pieces (without '?'); values query-escaped
+	hasQuery bool
+	size     int  // length of the literal text, to size the builder
+	private  bool // a placeholder carries per-client data (see privatePrefixes)
+}
+
+// piece is a literal text or, when key is set, a placeholder.
+type piece struct {
+	lit string
+	key string
+}
+
+// privatePrefixes are placeholder namespaces whose values come from the
+// client's credentials or headers. A response built with any of them is
+// marked private.
+var privatePrefixes = []string{
+	"http.auth.",
+	"http.request.header.",
+	"http.request.cookie.",
+	"http.request.tls.client.",
+}
+
+func isPrivateKey(key string) bool {
+	for _, p := range privatePrefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// errBadValue is wrapped by every error expand returns: the request, not the
+// configuration, is at fault.
+var errBadValue = errors.New("bad placeholder value")
+
+// compileURL parses a backend URL template. It refuses placeholders in the
+// scheme, userinfo, host, port and fragment, and any scheme but http and
+// https.
+func compileURL(raw string) (*urlTemplate, error) {
+	schemeEnd := strings.Index(raw, "://")
+	if schemeEnd < 0 {
+		if strings.ContainsAny(raw, "{}") && strings.IndexAny(raw, "{}") < strings.IndexAny(raw+"/", "/?#") {
+			return nil, placeholderErr("scheme")
+		}
+		return nil, fmt.Errorf("backend URL %q: must be absolute, like http://host:port/path", raw)
+	}
+	scheme := raw[:schemeEnd]
+	if strings.ContainsAny(scheme, "{}") {
+		return nil, placeholderErr("scheme")
+	}
+	if s := strings.ToLower(scheme); s != "http" && s != "https" {
+		return nil, fmt.Errorf("backend URL %q: scheme must be http or https", raw)
+	}
+	rest := raw[schemeEnd+3:]
+
+	// The fragment is never sent; a placeholder in it is refused so that
+	// nobody believes it does something.
+	if i := strings.IndexByte(rest, '#'); i >= 0 {
+		if strings.ContainsAny(rest[i+1:], "{}") {
+			return nil, placeholderErr("fragment")
+		}
+		rest = rest[:i]
+	}
+
+	authEnd := strings.IndexAny(rest, "/?")
+	if authEnd < 0 {
+		authEnd = len(rest)
+	}
+	authority := rest[:authEnd]
+	if strings.ContainsAny(authority, "{}") {
+		hostport := authority
+		if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+			if strings.ContainsAny(authority[:at], "{}") {
+				return nil, placeholderErr("userinfo")
+			}
+			hostport = authority[at+1:]
+		}
+		colon := strings.LastIndexByte(hostport, ':')
+		if colon >= 0 && colon > strings.LastIndexByte(hostport, ']') &&
+			strings.ContainsAny(hostport[colon+1:], "{}") && !strings.ContainsAny(hostport[:colon], "{}") {
+			return nil, placeholderErr("port")
+		}
+		return nil, placeholderErr("host")
+	}
+	if authority == "" {
+		return nil, fmt.Errorf("backend URL %q: no host", raw)
+	}
+
+	t := &urlTemplate{base: scheme + "://" + authority}
+	pathPart, queryPart := rest[authEnd:], ""
+	if i := strings.IndexByte(pathPart, '?'); i >= 0 {
+		pathPart, queryPart = pathPart[:i], pathPart[i+1:]
+		t.hasQuery = true
+	}
+	var err error
+	if t.path, err = splitPlaceholders(pathPart); err != nil {
+		return nil, fmt.Errorf("backend URL %q: path: %w", raw, err)
+	}
+	if t.query, err = splitPlaceholders(queryPart); err != nil {
+		return nil, fmt.Errorf("backend URL %q: query: %w", raw, err)
+	}
+	t.size = len(t.base) + 1
+	var sample strings.Builder
+	sample.WriteString(t.base)
+	for _, p := range t.path {
+		t.size += len(p.lit)
+		t.private = t.private || isPrivateKey(p.key)
+		if p.key != "" {
+			sample.WriteString("x")
+		}
+		sample.WriteString(p.lit)
+	}
+	if t.hasQuery {
+		sample.WriteByte('?')
+	}
+	for _, p := range t.query {
+		t.size += len(p.lit)
+		t.private = t.private || isPrivateKey(p.key)
+		if p.key != "" {
+			sample.WriteString("x")
+		}
+		sample.WriteString(p.lit)
+	}
+	// The literal parts must make a valid URL on their own.
+	u, err := url.Parse(sample.String())
+	if err != nil {
+		return nil, fmt.Errorf("backend URL %q: %w", raw, err)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("backend URL %q: no host", raw)
+	}
+	return t, nil
+}
+
+func placeholderErr(where string) error {
+	return fmt.Errorf("placeholder in the %s of a backend URL: placeholders are allowed in the path and query only", where)
+}
+
+// splitPlaceholders splits s into literal pieces and {placeholder} pieces.
+// Braces must be balanced; a literal brace must be written %7B or %7D.
+func splitPlaceholders(s string) ([]piece, error) {
+	var out []piece
+	for len(s) > 0 {
+		open := strings.IndexByte(s, '{')
+		if cl := strings.IndexByte(s, '}'); cl >= 0 && (open < 0 || cl < open) {
+			return nil, errors.New("unbalanced '}' (write %7D for a literal brace)")
+		}
+		if open < 0 {
+			out = append(out, piece{lit: s})
+			break
+		}
+		if open > 0 {
+			out = append(out, piece{lit: s[:open]})
+		}
+		end := strings.IndexByte(s[open:], '}')
+		if end < 0 {
+			return nil, errors.New("unclosed '{' (write %7B for a literal brace)")
+		}
+		key := s[open+1 : open+end]
+		if key == "" || strings.ContainsAny(key, "{ ") {
+			return nil, fmt.Errorf("malformed placeholder %q", s[open:open+end+1])
+		}
+		out = append(out, piece{key: key})
+		s = s[open+end+1:]
+	}
+	return out, nil
+}
+
+// expand renders the URL for one request. Path values are escaped as one
+// path segment and refused when empty, "." or "..", or when they hold a
+// control character; query values are query-escaped.
+func (t *urlTemplate) expand(repl *caddy.Replacer) (string, error) {
+	var sb strings.Builder
+	sb.Grow(t.size + 32)
+	sb.WriteString(t.base)
+	for _, p := range t.path {
+		if p.key == "" {
+			sb.WriteString(p.lit)
+			continue
+		}
+		v, _ := repl.GetString(p.key)
+		if err := checkPathValue(v); err != nil {
+			return "", fmt.Errorf("path placeholder {%s}: %w", p.key, err)
+		}
+		escapeSegment(&sb, v)
+	}
+	if t.hasQuery {
+		sb.WriteByte('?')
+		for _, p := range t.query {
+			if p.key == "" {
+				sb.WriteString(p.lit)
+				continue
+			}
+			v, _ := repl.GetString(p.key)
+			sb.WriteString(url.QueryEscape(v))
+		}
+	}
+	return sb.String(), nil
+}
+
+// checkPathValue refuses path values that could change which resource the
+// path names.
+func checkPathValue(v string) error {
+	switch {
+	case v == "":
+		return fmt.Errorf("%w: empty", errBadValue)
+	case v == "." || v == "..":
+		return fmt.Errorf("%w: dot segment", errBadValue)
+	case strings.IndexFunc(v, unicode.IsControl) >= 0:
+		return fmt.Errorf("%w: control character", errBadValue)
+	}
+	return nil
+}
+
+// escapeSegment writes v percent-encoded so that it stays exactly one path
+// segment: every byte but the RFC 3986 unreserved characters
+// (A-Z a-z 0-9 - . _ ~) is encoded, including '/', '?', '#', '%' and ';'.
+func escapeSegment(sb *strings.Builder, v string) {
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if unreserved(c) {
+			sb.WriteByte(c)
+			continue
+		}
+		sb.WriteByte('%')
+		sb.WriteByte(hex[c>>4])
+		sb.WriteByte(hex[c&15])
+	}
+}
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// headerTemplate is a header value with placeholders expanded per request.
+type headerTemplate struct {
+	raw     string
+	dynamic bool
+	private bool
+}
+
+func compileHeader(v string) headerTemplate {
+	h := headerTemplate{raw: v, dynamic: strings.ContainsAny(v, "{}")}
+	if pieces, err := splitPlaceholders(v); err == nil {
+		for _, p := range pieces {
+			h.private = h.private || isPrivateKey(p.key)
+		}
+	}
+	return h
+}
+
+// expand renders the header value; a value with a control character other
+// than horizontal tab is refused.
+func (h headerTemplate) expand(repl *caddy.Replacer) (string, error) {
+	if !h.dynamic {
+		return h.raw, nil
+	}
+	v := repl.ReplaceAll(h.raw, "")
+	if strings.IndexFunc(v, func(r rune) bool { return r != '\t' && unicode.IsControl(r) }) >= 0 {
+		return "", fmt.Errorf("%w: control character in header value", errBadValue)
+	}
+	return v, nil
+}
