@@ -1,0 +1,175 @@
+package ratelimit
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// The directive's place in the handler chain (before basic_auth) is
+// registered by the root package.
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("throttle", parseCaddyfile)
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	t := new(Handler)
+	err := t.UnmarshalCaddyfile(h.Dispenser)
+	return t, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	throttle [<matcher>] {
+//		rate         <events>/<duration> [burst <n>]
+//		key          <placeholder-string>
+//		zone         <name>
+//		ipv4_prefix  <bits>
+//		ipv6_prefix  <bits>
+//		exempt       <cidr...>
+//		max_keys     <n>
+//		dry_run
+//		headers      ietf|legacy|off
+//	}
+//
+// `rate` may be given several times (all must pass) and `exempt` several
+// times (the ranges add up); every other subdirective at most once.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		name := d.Val()
+		if seen[name] && name != "rate" && name != "exempt" {
+			return d.Errf("duplicate subdirective %q", name)
+		}
+		seen[name] = true
+
+		switch name {
+		case "rate":
+			args := d.RemainingArgs()
+			if len(args) != 1 && len(args) != 3 {
+				return d.ArgErr()
+			}
+			r, err := parseRate(args[0])
+			if err != nil {
+				return d.Err(err.Error())
+			}
+			if len(args) == 3 {
+				if args[1] != "burst" {
+					return d.Errf("rate: unexpected %q, want burst <n>", args[1])
+				}
+				n, err := strconv.Atoi(args[2])
+				if err != nil || n < 1 {
+					return d.Errf("rate: burst must be a whole number of at least 1, got %q", args[2])
+				}
+				r.Burst = n
+			}
+			h.Rate = append(h.Rate, r)
+
+		case "key":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Key = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "zone":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Zone = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := checkZone(h.Zone); err != nil {
+				return d.Err(err.Error())
+			}
+
+		case "ipv4_prefix", "ipv6_prefix":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size := 32
+			if name == "ipv6_prefix" {
+				size = 128
+			}
+			bits, err := strconv.Atoi(d.Val())
+			if err != nil {
+				return d.Errf("%s: %q is not a number", name, d.Val())
+			}
+			if err := checkPrefix(bits, size); err != nil {
+				return d.Errf("%s: %v", name, err)
+			}
+			if name == "ipv4_prefix" {
+				h.IPv4Prefix = &bits
+			} else {
+				h.IPv6Prefix = &bits
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "exempt":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range args {
+				if a != "private_ranges" {
+					if _, err := parsePrefix(a); err != nil {
+						return d.Errf("exempt: %v", err)
+					}
+				}
+			}
+			h.Exempt = append(h.Exempt, args...)
+
+		case "max_keys":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("max_keys must be a whole number of at least 1, got %q", d.Val())
+			}
+			h.MaxKeys = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "dry_run":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.DryRun = true
+
+		case "headers":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := checkHeaders(d.Val()); err != nil {
+				return d.Err(err.Error())
+			}
+			h.Headers = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		default:
+			return d.Errf("unrecognized subdirective %q", name)
+		}
+	}
+	if len(h.Rate) == 0 {
+		return d.Err("throttle: at least one rate is required")
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,483 @@
+// Package ratelimit holds the throttle handler (http.handlers.throttle):
+// exact per-client rate limiting with GCRA.
+package ratelimit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults.
+const (
+	// DefaultMaxKeys is the default bound on the keys a zone keeps in
+	// memory. One key with one rate costs about 20-40 bytes, so the bound is
+	// a few MB.
+	DefaultMaxKeys = 100_000
+
+	defaultIPv4Prefix = 32
+	defaultIPv6Prefix = 64
+
+	// unnamedZone names the rates of a handler without a zone in headers
+	// and metrics.
+	unnamedZone = "throttle"
+)
+
+// Header modes.
+const (
+	HeadersIETF   = "ietf"
+	HeadersLegacy = "legacy"
+	HeadersOff    = "off"
+)
+
+// Handler limits the rate of requests per client with GCRA (the generic
+// cell rate algorithm: exact token-bucket semantics, one timestamp per key
+// and rate). Every `rate` must admit a request for it to pass; a refused
+// request consumes nothing from any rate. Decisions are exact under
+// concurrency.
+//
+// A request over the limit is refused with status 429 Too Many Requests
+// through the error chain (so `handle_errors` can shape the body), with a
+// `Retry-After` header: whole seconds, rounded up, never earlier than the
+// time the next request will pass. Requests from exempt addresses pass
+// untouched, without headers.
+//
+// Response headers, on every response the handler passes or refuses, one
+// item per rate (the first named after the zone, the others `<zone>-2`,
+// `<zone>-3`, ...; a handler without a zone uses `throttle`):
+//
+//   - `headers ietf` (default, draft-ietf-httpapi-ratelimit-headers):
+//     `RateLimit-Policy: "<zone>";q=<burst>;w=<seconds>` where q is the burst
+//     and w the seconds needed to refill the whole burst, and
+//     `RateLimit: "<zone>";r=<remaining>;t=<seconds>` where r is the number
+//     of requests left after this one and t the seconds until the next
+//     request would pass (r = 0) or until the bucket is full again (r > 0).
+//     Several rates are listed comma-separated in one field.
+//   - `headers legacy`: `X-RateLimit-Limit` (q), `X-RateLimit-Remaining`
+//     (r) and `X-RateLimit-Reset` (t, in seconds from now) of the most
+//     constraining rate (the fewest remaining, then the longest t).
+//   - `headers off`: none (Retry-After is still sent on 429).
+//
+// Seconds are whole and rounded up. The handler sets no placeholders.
+//
+// Metrics (labelled by zone only): caddy_throttle_allowed_total,
+// caddy_throttle_refused_total and caddy_throttle_dry_run_total (requests
+// that would have been refused in dry-run mode).
+type Handler struct {
+	// The rates to enforce; at least one. A request passes only when every
+	// rate admits it.
+	Rate []Rate `json:"rate,omitempty"`
+
+	// The key requests are counted under. Any placeholders, replaced per
+	// request, e.g. `{http.request.header.X-API-Key}`. Default: the client
+	// IP as Caddy determines it (`{client_ip}`, so the server's
+	// `trusted_proxies` are honoured), masked to ipv4_prefix / ipv6_prefix.
+	// A key that is itself an IP address is masked the same way. A key that
+	// resolves to the empty string falls back to the client IP (a warning
+	// is logged once).
+	Key string `json:"key,omitempty"`
+
+	// The name of the state these rates are counted in. Handlers with the
+	// same zone share their counters, and a zone's counters survive config
+	// reloads. Without a zone, the state is private to this handler (it
+	// still survives a reload that leaves this handler unchanged) and is
+	// named `throttle` in headers and metrics. Printable ASCII; not
+	// expanded.
+	Zone string `json:"zone,omitempty"`
+
+	// IPv4 clients are grouped by this prefix length, 0 to 32. Default: 32
+	// (one key per address).
+	IPv4Prefix *int `json:"ipv4_prefix,omitempty"`
+
+	// IPv6 clients are grouped by this prefix length, 0 to 128. Default: 64
+	// (one key per /64, what one subscriber usually gets).
+	IPv6Prefix *int `json:"ipv6_prefix,omitempty"`
+
+	// Client addresses that are never limited: CIDR ranges or single
+	// addresses, or `private_ranges`. Matched against the client IP, and
+	// against the key when the key is an IP address. Resolved at load.
+	Exempt []string `json:"exempt,omitempty"`
+
+	// The maximum number of keys the zone keeps in memory. Idle keys
+	// (whose buckets are full again) are dropped first and in the
+	// background; when the zone is full of active keys, requests of new
+	// keys are refused with 429 until some key becomes idle, so that no
+	// active client is ever handed a fresh bucket. Handlers sharing a zone
+	// use the value of the most recently loaded one. Default: 100000.
+	MaxKeys int `json:"max_keys,omitempty"`
+
+	// Count requests and send headers, but never refuse one.
+	DryRun bool `json:"dry_run,omitempty"`
+
+	// Which rate-limit headers to send: `ietf` (default), `legacy` or
+	// `off`.
+	Headers string `json:"headers,omitempty"`
+
+	limits   []limit
+	exempt   []netip.Prefix
+	v4bits   int
+	v6bits   int
+	keyIsIP  bool // Key is empty or names the client IP
+	policy   string
+	names    []string // quoted item names
+	zoneName string
+	poolKey  string
+	store    store
+	mem      *memStore
+	warned   *atomic.Bool
+	counters counters
+	logger   *zap.Logger
+}
+
+// Rate is one rate limit: Events requests per Period, with bursts of up to
+// Burst requests.
+type Rate struct {
+	// The number of requests allowed per period, at least 1.
+	Events int `json:"events"`
+
+	// The period over which Events requests are allowed; e.g. "1s", "1m".
+	// Requests are spread evenly: one every Period / Events.
+	Period caddy.Duration `json:"period"`
+
+	// The number of requests that may arrive at once after a quiet time:
+	// the size of the bucket, at least 1. Default: Events.
+	Burst int `json:"burst,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.throttle",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults, compiles the rates and exempt ranges, and joins
+// the zone's state.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.warned = new(atomic.Bool)
+
+	// The fingerprint of an unnamed zone is the configuration as given.
+	fingerprint, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+
+	if h.Headers == "" {
+		h.Headers = HeadersIETF
+	}
+	if h.MaxKeys == 0 {
+		h.MaxKeys = DefaultMaxKeys
+	}
+	h.v4bits, h.v6bits = defaultIPv4Prefix, defaultIPv6Prefix
+	if h.IPv4Prefix != nil {
+		h.v4bits = *h.IPv4Prefix
+	}
+	if h.IPv6Prefix != nil {
+		h.v6bits = *h.IPv6Prefix
+	}
+	switch h.Key {
+	case "", "{client_ip}", "{http.vars.client_ip}":
+		h.keyIsIP = true
+	}
+
+	h.limits = make([]limit, len(h.Rate))
+	for i := range h.Rate {
+		r := &h.Rate[i]
+		if r.Burst == 0 {
+			r.Burst = r.Events
+		}
+		if r.Events < 1 || r.Period <= 0 || r.Burst < 1 {
+			continue // refused by Validate
+		}
+		interval := max(int64(r.Period)/int64(r.Events), 1)
+		h.limits[i] = limit{interval: interval, tolerance: interval * int64(r.Burst)}
+	}
+
+	for _, s := range h.Exempt {
+		if s == "private_ranges" {
+			for _, c := range caddyhttp.PrivateRangesCIDR() {
+				h.exempt = append(h.exempt, netip.MustParsePrefix(c))
+			}
+			continue
+		}
+		p, err := parsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("exempt: %v", err)
+		}
+		h.exempt = append(h.exempt, p)
+	}
+
+	h.zoneName = h.Zone
+	if h.zoneName == "" {
+		h.zoneName = unnamedZone
+	}
+	h.names = make([]string, len(h.Rate))
+	policy := make([]string, len(h.Rate))
+	for i, r := range h.Rate {
+		name := h.zoneName
+		if i > 0 {
+			name += "-" + strconv.Itoa(i+1)
+		}
+		h.names[i] = quote(name)
+		w := ceilSeconds(h.limits[i].tolerance)
+		policy[i] = h.names[i] + ";q=" + strconv.Itoa(r.Burst) + ";w=" + strconv.FormatInt(w, 10)
+	}
+	h.policy = strings.Join(policy, ", ")
+
+	h.counters, err = newCounters(ctx.GetMetricsRegistry(), h.zoneName)
+	if err != nil {
+		return err
+	}
+
+	// Join the zone's state: the new config is provisioned before the old
+	// one is cleaned up, so the state carries over a reload.
+	if h.Zone != "" {
+		h.poolKey = "zone/" + h.Zone
+	} else {
+		sum := sha256.Sum256(fingerprint)
+		h.poolKey = unnamedKey(ctx, hex.EncodeToString(sum[:16]))
+	}
+	maxKeys, nRates := h.MaxKeys, len(h.Rate)
+	val, _, err := zones.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		s := newMemStore(max(maxKeys, 1), max(nRates, 1))
+		go s.run(sweepInterval)
+		return s, nil
+	})
+	if err != nil {
+		h.poolKey = ""
+		return err
+	}
+	h.mem = val.(*memStore)
+	h.mem.configure(max(maxKeys, 1), max(nRates, 1))
+	h.store = h.mem
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if len(h.Rate) == 0 {
+		return errors.New("at least one rate is required")
+	}
+	for i, r := range h.Rate {
+		if err := checkRate(r); err != nil {
+			return fmt.Errorf("rate %d: %v", i+1, err)
+		}
+	}
+	if err := checkZone(h.Zone); err != nil {
+		return err
+	}
+	if err := checkPrefix(h.v4bits, 32); err != nil {
+		return fmt.Errorf("ipv4_prefix: %v", err)
+	}
+	if err := checkPrefix(h.v6bits, 128); err != nil {
+		return fmt.Errorf("ipv6_prefix: %v", err)
+	}
+	if h.MaxKeys < 1 {
+		return fmt.Errorf("max_keys must be at least 1, got %d", h.MaxKeys)
+	}
+	return checkHeaders(h.Headers)
+}
+
+// Cleanup releases the handler's use of its zone.
+func (h *Handler) Cleanup() error {
+	if h.poolKey == "" {
+		return nil
+	}
+	_, err := zones.Delete(h.poolKey)
+	h.poolKey = ""
+	return err
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	ip := clientIP(r)
+	if h.isExempt(ip) {
+		return next.ServeHTTP(w, r)
+	}
+	k, ok := h.key(r, ip)
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+
+	var buf [4]verdict
+	out := buf[:0]
+	if len(h.limits) <= len(buf) {
+		out = buf[:len(h.limits)]
+	} else {
+		out = make([]verdict, len(h.limits))
+	}
+	allowed, err := h.store.take(k, h.limits, out)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	h.setHeaders(w.Header(), out)
+
+	if allowed {
+		h.counters.allowed.Inc()
+		return next.ServeHTTP(w, r)
+	}
+	if h.DryRun {
+		h.counters.dryRun.Inc()
+		if c := h.logger.Check(zapcore.DebugLevel, "dry run: request would be refused"); c != nil {
+			c.Write(zap.String("zone", h.zoneName))
+		}
+		return next.ServeHTTP(w, r)
+	}
+
+	h.counters.refused.Inc()
+	var wait int64
+	for _, v := range out {
+		wait = max(wait, v.wait)
+	}
+	retry := max(ceilSeconds(wait), 1)
+	w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
+	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
+		c.Write(zap.String("zone", h.zoneName), zap.Int64("retry_after", retry))
+	}
+	return caddyhttp.Error(http.StatusTooManyRequests, errRateLimited)
+}
+
+var errRateLimited = errors.New("rate limit exceeded")
+
+// clientIP returns the client IP as Caddy determined it (the client_ip
+// var, which honours trusted_proxies), falling back to the peer address.
+func clientIP(r *http.Request) netip.Addr {
+	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return a.Unmap().WithZone("")
+		}
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap().WithZone("")
+	}
+	return netip.Addr{}
+}
+
+func (h *Handler) isExempt(ip netip.Addr) bool {
+	for _, p := range h.exempt {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// key returns the key of the request; ok is false when the request is
+// exempt by its key.
+func (h *Handler) key(r *http.Request, ip netip.Addr) (k key, ok bool) {
+	if h.keyIsIP {
+		return h.mask(ip), true
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	s := repl.ReplaceAll(h.Key, "")
+	if s == "" {
+		if h.warned.CompareAndSwap(false, true) {
+			h.logger.Warn("key resolved to an empty string; counting by client IP instead (logged once)",
+				zap.String("zone", h.zoneName), zap.String("key", h.Key))
+		}
+		return h.mask(ip), true
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap().WithZone("")
+		if h.isExempt(a) {
+			return key{}, false
+		}
+		return h.mask(a), true
+	}
+	return key{text: s}, true
+}
+
+// mask groups an address by the configured prefix length.
+func (h *Handler) mask(a netip.Addr) key {
+	if !a.IsValid() {
+		return key{text: ""}
+	}
+	bits := h.v6bits
+	if a.Is4() {
+		bits = h.v4bits
+	}
+	p, err := a.Prefix(bits)
+	if err != nil {
+		return key{addr: a, bits: a.BitLen()}
+	}
+	return key{addr: p.Addr(), bits: bits}
+}
+
+// setHeaders sets the rate-limit headers of the configured mode.
+func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
+	switch h.Headers {
+	case HeadersIETF:
+		hdr.Set("RateLimit-Policy", h.policy)
+		b := make([]byte, 0, 32*len(out))
+		for i, v := range out {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = append(b, h.names[i]...)
+			b = append(b, ";r="...)
+			b = strconv.AppendInt(b, v.remaining, 10)
+			b = append(b, ";t="...)
+			b = strconv.AppendInt(b, ceilSeconds(v.reset), 10)
+		}
+		hdr.Set("RateLimit", string(b))
+	case HeadersLegacy:
+		j := 0
+		for i, v := range out {
+			if v.remaining < out[j].remaining || (v.remaining == out[j].remaining && v.reset > out[j].reset) {
+				j = i
+			}
+		}
+		hdr.Set("X-RateLimit-Limit", strconv.Itoa(h.Rate[j].Burst))
+		hdr.Set("X-RateLimit-Remaining", strconv.FormatInt(out[j].remaining, 10))
+		hdr.Set("X-RateLimit-Reset", strconv.FormatInt(ceilSeconds(out[j].reset), 10))
+	}
+}
+
+// ceilSeconds rounds nanoseconds up to whole seconds.
+func ceilSeconds(ns int64) int64 {
+	if ns <= 0 {
+		return 0
+	}
+	return (ns + 1e9 - 1) / 1e9
+}
+
+// quote returns s as a structured-field string (RFC 8941).
+func quote(s string) string {
+	return strconv.Quote(s) // zone names are printable ASCII: same escaping
+}
+
+// counters are the handler's metrics, curried with its zone.
+type counters struct {
+	allowed, refused, dryRun prometheus.Counter
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
