@@ -25,6 +25,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	jwt_auth [<matcher>] {
 //		secret       <hmac-secret>
 //		public_key   <pem-file>
+//		jwks_url     <url>
+//		jwks_file    <file>
+//		oidc_issuer  <issuer-url>
 //		algorithms   <alg...>
 //		issuer       <iss...>
 //		audience     <aud...>
@@ -87,6 +90,26 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%v", err)
 			}
 			h.PublicKeys = append(h.PublicKeys, args[0])
+		case "jwks_url", "oidc_issuer":
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			if err := checkHTTPURL(args[0]); err != nil {
+				return d.Errf("%s: %v", sub, err)
+			}
+			if sub == "jwks_url" {
+				h.JWKSURLs = append(h.JWKSURLs, args[0])
+			} else {
+				h.OIDCIssuers = append(h.OIDCIssuers, args[0])
+			}
+		case "jwks_file":
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			if _, _, err := loadJWKSFile(args[0]); err != nil {
+				return d.Errf("jwks_file: %v", err)
+			}
+			h.JWKSFiles = append(h.JWKSFiles, args[0])
 		case "algorithms":
 			if err := single(); err != nil {
 				return err
@@ -203,8 +226,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 
-	if h.Secret == "" && len(h.PublicKeys) == 0 {
-		return fmt.Errorf("jwt_auth: no key: set at least one of secret, public_key, at %s:%d", d.File(), directiveLine)
+	if h.Secret == "" && len(h.PublicKeys) == 0 && len(h.JWKSURLs) == 0 && len(h.JWKSFiles) == 0 && len(h.OIDCIssuers) == 0 {
+		return fmt.Errorf("jwt_auth: no key: set at least one of secret, public_key, jwks_url, jwks_file, oidc_issuer, at %s:%d", d.File(), directiveLine)
 	}
 	if len(h.Algorithms) > 0 {
 		// Every key must keep at least one of the allowed algorithms.

@@ -1,10 +1,12 @@
 package jwtauth
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,6 +65,30 @@ type Handler struct {
 	// PS*), EC P-256/P-384/P-521 (ES256/384/512) or Ed25519 (EdDSA). Every
 	// key in every file is used. Read at load.
 	PublicKeys []string `json:"public_key,omitempty"`
+
+	// URLs of remote JWK Sets (RFC 7517). Each is fetched at load without
+	// blocking start-up, refreshed on its Cache-Control max-age (clamped to
+	// 1m..24h, 15m without one), refetched when a token names an unknown
+	// kid (at most once per 5s per URL, concurrent misses sharing one
+	// fetch), and kept when a refresh fails. Redirects are not followed;
+	// a fetch has 10s and 1 MiB at most. While no set has ever loaded,
+	// requests that need it get 503 with Retry-After. Sets are shared by
+	// every handler naming the same URL and survive config reloads. Keys
+	// without "alg" are pinned by key type and curve; weak keys, private
+	// or symmetric keys, and keys whose "use" is not "sig" are skipped
+	// with a warning. Keys from these URLs serve every accepted issuer.
+	JWKSURLs []string `json:"jwks_url,omitempty"`
+
+	// Local JWK Set files, read at load; the same key rules as jwks_url,
+	// except that symmetric ("oct") keys are allowed.
+	JWKSFiles []string `json:"jwks_file,omitempty"`
+
+	// OpenID Connect issuers. The key set is found through
+	// <issuer>/.well-known/openid-configuration (whose "issuer" must match)
+	// and its jwks_uri, then handled as jwks_url. These keys verify only
+	// tokens whose iss is that issuer (RFC 8725 §3.8), and the issuers are
+	// added to the accepted issuers.
+	OIDCIssuers []string `json:"oidc_issuer,omitempty"`
 
 	// Allowlist of JWS algorithms. Default: what each key implies. Each key
 	// is pinned to the algorithms its type implies, narrowed by this list;
@@ -141,6 +167,8 @@ type Handler struct {
 	Realm string `json:"realm,omitempty"`
 
 	verifier    *verifier
+	cache       *tokenCache
+	poolKeys    []string
 	sources     []source
 	headerNames []string // canonical names of the identity headers
 	challenge   string   // `Bearer realm="..."`
@@ -200,12 +228,55 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, f := range h.JWKSFiles {
+		fileKeys, skipped, err := loadJWKSFile(f)
+		if err != nil {
+			return fmt.Errorf("jwks_file: %w", err)
+		}
+		for _, msg := range skipped {
+			h.logger.Warn("jwks_file key skipped", zap.String("file", f), zap.String("reason", msg))
+		}
+		kept := 0
+		for _, k := range fileKeys {
+			if k.algs &= allowed; k.algs != 0 {
+				keys = append(keys, k)
+				kept++
+			}
+		}
+		if kept == 0 {
+			return fmt.Errorf("jwks_file %s: no key allows any of algorithms", f)
+		}
+	}
 	var union algSet
 	for _, k := range keys {
 		union |= k.algs
 	}
+	if err := jwtMetrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	var remote []*remoteKeySet
+	for _, u := range h.JWKSURLs {
+		rs, err := h.loadRemote("jwks:"+u, "", u)
+		if err != nil {
+			return err
+		}
+		remote = append(remote, rs)
+	}
+	for _, iss := range h.OIDCIssuers {
+		rs, err := h.loadRemote("oidc:"+iss, iss, "")
+		if err != nil {
+			return err
+		}
+		remote = append(remote, rs)
+	}
+	if len(remote) > 0 {
+		union |= allowed
+	}
+	issuers := append(append([]string(nil), h.Issuers...), h.OIDCIssuers...)
 	h.verifier = newVerifier(staticKeySet(keys), union, leeway, time.Duration(h.MaxLifetime),
-		h.Issuers, h.Audiences, h.Require, h.Types, h.AllowNoExp, h.now)
+		issuers, h.Audiences, h.Require, h.Types, h.AllowNoExp, h.now)
+	h.verifier.remote = remote
+	h.cache = newTokenCache()
 
 	h.sources = h.sources[:0]
 	for _, s := range h.FromHeader {
@@ -228,10 +299,38 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// loadRemote takes a remote key set from the pool, starting it when no
+// other handler (of this config or the previous one) holds it.
+func (h *Handler) loadRemote(poolKey, issuer, url string) (*remoteKeySet, error) {
+	val, _, err := remoteSets.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		return newRemoteKeySet(issuer, url, h.logger, jwtMetrics), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.poolKeys = append(h.poolKeys, poolKey)
+	return val.(*remoteKeySet), nil
+}
+
+// Cleanup releases the remote key sets; the last user stops their
+// refresh.
+func (h *Handler) Cleanup() error {
+	for _, k := range h.poolKeys {
+		_, _ = remoteSets.Delete(k)
+	}
+	h.poolKeys = nil
+	return nil
+}
+
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.Secret == "" && len(h.PublicKeys) == 0 {
-		return errors.New("no key: set at least one of secret, public_key")
+	if h.Secret == "" && len(h.PublicKeys) == 0 && len(h.JWKSURLs) == 0 && len(h.JWKSFiles) == 0 && len(h.OIDCIssuers) == 0 {
+		return errors.New("no key: set at least one of secret, public_key, jwks_url, jwks_file, oidc_issuer")
+	}
+	for _, u := range append(append([]string(nil), h.JWKSURLs...), h.OIDCIssuers...) {
+		if err := checkHTTPURL(u); err != nil {
+			return err
+		}
 	}
 	if _, err := parseAlgSet(h.Algorithms); err != nil {
 		return fmt.Errorf("algorithms: %w", err)
@@ -272,6 +371,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	if h.AllowPreflight && r.Method == http.MethodOptions &&
 		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
+		jwtMetrics.verifications.WithLabelValues("preflight").Inc()
 		return next.ServeHTTP(w, r)
 	}
 
@@ -284,13 +384,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if token == "" {
 		if h.Optional {
 			// Anonymous: every {http.auth.user.*} is known and empty.
+			jwtMetrics.verifications.WithLabelValues("anonymous").Inc()
 			repl.Map(userClaims(nil).placeholder)
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, repl, http.StatusUnauthorized, "", errNoToken)
 	}
 
-	claims, err := h.verifier.verify(token)
+	claims, err := h.verify(r.Context(), token)
+	if errors.Is(err, errUnavailable) {
+		w.Header().Set("Retry-After", strconv.Itoa(h.verifier.retryAfter()))
+		return h.refuse(w, repl, http.StatusServiceUnavailable, "", err)
+	}
 	if err != nil {
 		return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", err)
 	}
@@ -331,6 +436,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.StripToken {
 		stripToken(r, src)
 	}
+	jwtMetrics.verifications.WithLabelValues("ok").Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token verified"); c != nil {
 		c.Write(zap.String("user_id", userID))
 	}
@@ -338,6 +444,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 var errNoToken = errors.New("no token")
+
+// verify checks a token through the verified-token cache: a token verified
+// before under the same keys only has its claims (time claims included)
+// checked again.
+func (h *Handler) verify(ctx context.Context, token string) (jwt.MapClaims, error) {
+	key := tokenKey(token)
+	gen := h.verifier.generation()
+	now := h.now()
+	if claims, ok := h.cache.get(&key, gen, now); ok {
+		jwtMetrics.cache.WithLabelValues("hit").Inc()
+		if err := h.verifier.checkClaims(claims); err != nil {
+			return nil, err
+		}
+		return claims, nil
+	}
+	jwtMetrics.cache.WithLabelValues("miss").Inc()
+	claims, err := h.verifier.verify(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	expires := now.Add(tokenCacheMaxTTL)
+	if exp, _ := claims.GetExpirationTime(); exp != nil && exp.Before(expires) {
+		expires = exp.Time
+	}
+	h.cache.put(&key, claims, gen, expires, now)
+	return claims, nil
+}
 
 // authorize applies the scope and claim rules to verified claims.
 func (h *Handler) authorize(claims jwt.MapClaims) error {
@@ -380,6 +513,7 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, status int
 	}
 	w.Header().Set("WWW-Authenticate", challenge)
 	repl.Set("http.auth.jwt.error", reason.Error())
+	jwtMetrics.verifications.WithLabelValues(resultLabel(reason)).Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token refused"); c != nil {
 		c.Write(zap.Int("status", status), zap.String("reason", reason.Error()))
 	}
@@ -506,7 +640,7 @@ func (h *Handler) extract(r *http.Request) (string, *source, error) {
 					continue
 				}
 				if t == "" {
-					return "", nil, errors.New("empty token")
+					return "", nil, errEmptyToken
 				}
 				if err := found(t, s); err != nil {
 					return "", nil, err
@@ -585,6 +719,16 @@ func stripToken(r *http.Request, s *source) {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+// checkHTTPURL accepts an absolute http or https URL with a host.
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute http(s) URL", s)
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package jwtauth
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,8 @@ var (
 	errType          = errors.New("token type not accepted")
 	errKid           = errors.New("invalid key id")
 	errNoKey         = errors.New("no key for this token")
+	errUnavailable   = errors.New("keys not loaded yet")
+	errEmptyToken    = errors.New("empty token")
 	errSignature     = errors.New("invalid signature")
 	errExpired       = errors.New("token expired")
 	errNotYetValid   = errors.New("token not valid yet")
@@ -52,12 +55,6 @@ type header struct {
 	Crit json.RawMessage `json:"crit"`
 }
 
-// keyLookup finds the keys that may verify a token with the given alg and
-// kid.
-type keyLookup interface {
-	candidates(a alg, kid string, hasKid bool, dst []verificationKey) []verificationKey
-}
-
 // staticKeySet is a fixed list of keys.
 type staticKeySet []verificationKey
 
@@ -77,7 +74,8 @@ func (s staticKeySet) candidates(a alg, kid string, hasKid bool, dst []verificat
 // verifier checks a compact JWS and its claims. It holds no per-request
 // state and is safe for concurrent use.
 type verifier struct {
-	keys        keyLookup
+	static      staticKeySet
+	remote      []*remoteKeySet
 	allowed     algSet
 	validator   *jwt.Validator
 	issuers     []string
@@ -88,7 +86,7 @@ type verifier struct {
 	now         func() time.Time
 }
 
-func newVerifier(keys keyLookup, allowed algSet, leeway, maxLifetime time.Duration, issuers, audiences, require, types []string, allowNoExp bool, now func() time.Time) *verifier {
+func newVerifier(keys staticKeySet, allowed algSet, leeway, maxLifetime time.Duration, issuers, audiences, require, types []string, allowNoExp bool, now func() time.Time) *verifier {
 	opts := []jwt.ParserOption{jwt.WithLeeway(leeway), jwt.WithIssuedAt(), jwt.WithTimeFunc(now)}
 	if !allowNoExp {
 		opts = append(opts, jwt.WithExpirationRequired())
@@ -97,7 +95,7 @@ func newVerifier(keys keyLookup, allowed algSet, leeway, maxLifetime time.Durati
 		opts = append(opts, jwt.WithAudience(audiences...))
 	}
 	return &verifier{
-		keys:        keys,
+		static:      keys,
 		allowed:     allowed,
 		validator:   jwt.NewValidator(opts...),
 		issuers:     issuers,
@@ -143,7 +141,7 @@ func splitCompact(token string) (hdr, payload, sig string, err error) {
 
 // verify checks the token and returns its claims. Numbers in the claims are
 // json.Number, keeping their exact literal.
-func (v *verifier) verify(token string) (jwt.MapClaims, error) {
+func (v *verifier) verify(ctx context.Context, token string) (jwt.MapClaims, error) {
 	hdrB64, payloadB64, sigB64, err := splitCompact(token)
 	if err != nil {
 		return nil, err
@@ -176,16 +174,44 @@ func (v *verifier) verify(token string) (jwt.MapClaims, error) {
 	if err != nil {
 		return nil, errMalformed
 	}
+	payload, err := b64.DecodeString(payloadB64)
+	if err != nil {
+		return nil, errMalformed
+	}
+	// The claims are decoded before the signature is checked only to read
+	// iss, which selects the issuer-bound key sets (RFC 8725 §3.8); nothing
+	// of them is trusted before the signature holds.
+	claims, err := decodeClaims(payload)
+	if err != nil {
+		return nil, err
+	}
+	iss, _ := claims["iss"].(string)
 
 	var buf [4]verificationKey
-	keys := v.keys.candidates(a, kid, hasKid, buf[:0])
-	if len(keys) == 0 {
-		return nil, errNoKey
+	keys, unloaded, refetch := v.candidates(a, kid, hasKid, iss, buf[:0])
+	if hasKid && !kidMatched(keys, kid) {
+		if !safeKid(kid) {
+			// A kid is only a lookup key. One that no key carries and
+			// that looks like a path or holds control characters is
+			// refused, and never triggers a fetch.
+			return nil, errKid
+		}
+		if refetch {
+			// An unknown kid may be a key rotated in since the last
+			// fetch: refetch (rate-limited, coalesced) and look again.
+			for _, rs := range v.remote {
+				if rs.issuer == "" || rs.issuer == iss {
+					rs.refreshForMiss(ctx)
+				}
+			}
+			keys, unloaded, _ = v.candidates(a, kid, hasKid, iss, keys[:0])
+		}
 	}
-	if hasKid && !kidMatched(keys, kid) && !safeKid(kid) {
-		// A kid is only a lookup key. One that no key carries and that
-		// looks like a path or holds control characters is refused.
-		return nil, errKid
+	if len(keys) == 0 {
+		if unloaded {
+			return nil, errUnavailable
+		}
+		return nil, errNoKey
 	}
 	signingString := token[:len(hdrB64)+1+len(payloadB64)]
 	method := algMethods[a]
@@ -199,19 +225,53 @@ func (v *verifier) verify(token string) (jwt.MapClaims, error) {
 	if !verified {
 		return nil, errSignature
 	}
-
-	payload, err := b64.DecodeString(payloadB64)
-	if err != nil {
-		return nil, errMalformed
-	}
-	claims, err := decodeClaims(payload)
-	if err != nil {
-		return nil, err
-	}
 	if err := v.checkClaims(claims); err != nil {
 		return nil, err
 	}
 	return claims, nil
+}
+
+// candidates gathers the keys that may verify a token: static keys and the
+// loaded remote sets that serve the token's issuer. unloaded reports that a
+// remote set serving it has never loaded; refetch that one has.
+func (v *verifier) candidates(a alg, kid string, hasKid bool, iss string, dst []verificationKey) (keys []verificationKey, unloaded, refetch bool) {
+	dst = v.static.candidates(a, kid, hasKid, dst)
+	for _, rs := range v.remote {
+		if rs.issuer != "" && rs.issuer != iss {
+			continue
+		}
+		ks := rs.current.Load()
+		if ks == nil {
+			unloaded = true
+			continue
+		}
+		refetch = true
+		dst = ks.candidates(a, kid, hasKid, dst)
+	}
+	return dst, unloaded, refetch
+}
+
+// generation changes whenever any remote key set changes.
+func (v *verifier) generation() uint64 {
+	var g uint64
+	for _, rs := range v.remote {
+		g += rs.generation.Load()
+	}
+	return g
+}
+
+// retryAfter is the soonest a remote set that has never loaded will be
+// tried again, in whole seconds.
+func (v *verifier) retryAfter() int {
+	best := 0
+	for _, rs := range v.remote {
+		if !rs.loaded() {
+			if s := rs.retryAfter(); best == 0 || s < best {
+				best = s
+			}
+		}
+	}
+	return max(best, 1)
 }
 
 // decodeClaims decodes a JWT claims set, keeping numbers as json.Number.

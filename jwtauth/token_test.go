@@ -1,6 +1,7 @@
 package jwtauth
 
 import (
+	"context"
 	cryptoRand "crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -94,7 +95,7 @@ func TestRFC7515A1HS256(t *testing.T) {
 	before := func() time.Time { return time.Unix(1300819380-60, 0) }
 	v := newVerifier(staticKeySet(keys), keys[0].algs, defaultLeeway, 0, []string{"joe"}, nil, nil, nil, false, before)
 	const token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
-	claims, err := v.verify(token)
+	claims, err := v.verify(context.Background(), token)
 	if err != nil {
 		t.Fatalf("RFC 7515 A.1 refused: %v", err)
 	}
@@ -103,12 +104,12 @@ func TestRFC7515A1HS256(t *testing.T) {
 	}
 	// The same token one second after its exp plus leeway is refused.
 	after := func() time.Time { return time.Unix(1300819380+31, 0) }
-	v.validator = newVerifier(v.keys, v.allowed, defaultLeeway, 0, nil, nil, nil, nil, false, after).validator
-	if _, err := v.verify(token); !errors.Is(err, errExpired) {
+	v.validator = newVerifier(v.static, v.allowed, defaultLeeway, 0, nil, nil, nil, nil, false, after).validator
+	if _, err := v.verify(context.Background(), token); !errors.Is(err, errExpired) {
 		t.Fatalf("expired A.1 token: err = %v", err)
 	}
 	// One flipped signature bit is refused.
-	if _, err := newVerifier(staticKeySet(keys), keys[0].algs, defaultLeeway, 0, nil, nil, nil, nil, false, before).verify(strings.Replace(token, ".dBjf", ".eBjf", 1)); !errors.Is(err, errSignature) {
+	if _, err := newVerifier(staticKeySet(keys), keys[0].algs, defaultLeeway, 0, nil, nil, nil, nil, false, before).verify(context.Background(), strings.Replace(token, ".dBjf", ".eBjf", 1)); !errors.Is(err, errSignature) {
 		t.Fatalf("tampered A.1 token: err = %v", err)
 	}
 }
@@ -124,7 +125,7 @@ func TestRFC7515A2RS256(t *testing.T) {
 	before := func() time.Time { return time.Unix(1300819380-60, 0) }
 	v := newVerifier(staticKeySet{{algs: algs, key: pub}}, algs, defaultLeeway, 0, nil, nil, nil, nil, false, before)
 	const token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw"
-	claims, err := v.verify(token)
+	claims, err := v.verify(context.Background(), token)
 	if err != nil {
 		t.Fatalf("RFC 7515 A.2 refused: %v", err)
 	}
@@ -138,7 +139,7 @@ func TestRFC7515A5NoneRefused(t *testing.T) {
 	v := newTestVerifier(t, testSecret, []string{"../testdata/keys/rsa2048.pem"})
 	v.now = func() time.Time { return time.Unix(1300819380-60, 0) }
 	const token = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ."
-	if _, err := v.verify(token); err == nil {
+	if _, err := v.verify(context.Background(), token); err == nil {
 		t.Fatal("alg none accepted")
 	}
 }
@@ -162,7 +163,7 @@ func TestValidTokens(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newTestVerifier(t, tc.secret, tc.pems)
-			if _, err := v.verify(tc.token); err != nil {
+			if _, err := v.verify(context.Background(), tc.token); err != nil {
 				t.Fatalf("refused: %v", err)
 			}
 		})
@@ -239,7 +240,7 @@ func TestRefusedTokens(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.v().verify(tc.token)
+			_, err := tc.v().verify(context.Background(), tc.token)
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -293,7 +294,7 @@ func TestClaimRules(t *testing.T) {
 		{"lifetime without iat", mk(nil, nil, nil, nil, time.Hour), hs256(t, `{"exp":1800003601}`), errLifetime},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.v.verify(tc.token)
+			_, err := tc.v.verify(context.Background(), tc.token)
 			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
@@ -401,7 +402,7 @@ func BenchmarkVerify(b *testing.B) {
 			token := signRaw(b, tc.method, key, `{"alg":"`+tc.method.Alg()+`","typ":"JWT"}`, validPayload(`"role":"admin","iss":"https://idp.example.com/"`))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := v.verify(token); err != nil {
+				if _, err := v.verify(context.Background(), token); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,0 +1,195 @@
+package jwtauth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+func TestParseJWKSKeyRules(t *testing.T) {
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	strong := privateKey(t, "rsa2048.key").(*rsa.PrivateKey)
+	ec := privateKey(t, "ec256.key").(*ecdsa.PrivateKey)
+	pt, _ := ec.PublicKey.Bytes()
+	rsaJWK := func(kid, alg string, pub *rsa.PublicKey, extra string) string {
+		s := `{"kty":"RSA","kid":"` + kid + `","n":"` + enc(string(pub.N.Bytes())) + `","e":"AQAB"`
+		if alg != "" {
+			s += `,"alg":"` + alg + `"`
+		}
+		return s + extra + "}"
+	}
+	set := `{"keys":[` + strings.Join([]string{
+		rsaJWK("no-alg", "", &strong.PublicKey, ""),
+		rsaJWK("ps", "PS256", &strong.PublicKey, ""),
+		rsaJWK("weak", "", &weak.PublicKey, ""),
+		rsaJWK("enc", "", &strong.PublicKey, `,"use":"enc"`),
+		rsaJWK("private", "", &strong.PublicKey, `,"d":"AQAB"`),
+		rsaJWK("ops", "", &strong.PublicKey, `,"key_ops":["encrypt"]`),
+		`{"kty":"EC","kid":"ec","crv":"P-256","x":"` + enc(string(pt[1:33])) + `","y":"` + enc(string(pt[33:])) + `"}`,
+		`{"kty":"EC","kid":"off-curve","crv":"P-256","x":"` + enc(string(pt[1:33])) + `","y":"` + enc(string(pt[1:33])) + `"}`,
+		`{"kty":"EC","kid":"k1","crv":"secp256k1","x":"AA","y":"AA"}`,
+		`{"kty":"oct","kid":"hmac","k":"` + enc(testSecret) + `"}`,
+		`{"kty":"RSA","kid":"alg-mismatch","alg":"ES256","n":"` + enc(string(strong.N.Bytes())) + `","e":"AQAB"}`,
+	}, ",") + `]}`
+	keys, skipped, err := parseJWKS([]byte(set), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]algSet{}
+	for _, k := range keys {
+		got[k.kid] = k.algs
+	}
+	if got["no-alg"] != rsaAlgs {
+		t.Errorf("RSA key without alg pinned to %s, want RS* and PS*", got["no-alg"])
+	}
+	if got["ps"] != 1<<algPS256 {
+		t.Errorf("RSA key with alg PS256 pinned to %s", got["ps"])
+	}
+	if got["ec"] != 1<<algES256 {
+		t.Errorf("P-256 key pinned to %s", got["ec"])
+	}
+	if len(keys) != 3 {
+		t.Errorf("kept %d keys (%v), want 3", len(keys), got)
+	}
+	if len(skipped) != 8 {
+		t.Errorf("skipped %d: %v", len(skipped), skipped)
+	}
+	// A local file may hold a symmetric key.
+	keys, _, _ = parseJWKS([]byte(`{"keys":[{"kty":"oct","kid":"h","k":"`+enc(testSecret)+`"}]}`), true)
+	if len(keys) != 1 || keys[0].algs != 1<<algHS256 {
+		t.Errorf("oct key in a file: %v", keys)
+	}
+	if _, _, err := parseJWKS([]byte(`{"nokeys":[]}`), false); err == nil {
+		t.Error("a document without keys accepted")
+	}
+}
+
+func TestRefreshInterval(t *testing.T) {
+	for cc, want := range map[string]time.Duration{
+		"":                            jwksDefaultRefresh,
+		"no-cache":                    jwksDefaultRefresh,
+		"public, max-age=3600":        time.Hour,
+		"max-age=5":                   jwksMinRefresh,
+		"max-age=99999999999999":      jwksMaxRefresh,
+		"max-age=-1":                  jwksDefaultRefresh,
+		"max-age=abc":                 jwksDefaultRefresh,
+		`public, MAX-AGE="120", must`: 2 * time.Minute,
+	} {
+		if got := refreshInterval(cc); got != want {
+			t.Errorf("refreshInterval(%q) = %v, want %v", cc, got, want)
+		}
+	}
+}
+
+func TestTokenCache(t *testing.T) {
+	c := newTokenCache()
+	now := time.Unix(1000, 0)
+	k := tokenKey("token-a")
+	claims := jwt.MapClaims{"sub": "a"}
+	c.put(&k, claims, 1, now.Add(time.Minute), now)
+	if _, ok := c.get(&k, 1, now); !ok {
+		t.Fatal("miss right after put")
+	}
+	if _, ok := c.get(&k, 1, now.Add(time.Minute)); ok {
+		t.Fatal("hit at expiry")
+	}
+	c.put(&k, claims, 1, now.Add(time.Minute), now)
+	if _, ok := c.get(&k, 2, now); ok {
+		t.Fatal("hit after the keys changed")
+	}
+	if _, ok := c.get(&k, 1, now); ok {
+		t.Fatal("entry survived a key change")
+	}
+	// A put verified under older keys is not stored.
+	c.put(&k, claims, 1, now.Add(time.Minute), now)
+	if _, ok := c.get(&k, 2, now); ok {
+		t.Fatal("stale put stored")
+	}
+	// Bounded.
+	for i := 0; i < 3*tokenCacheSize; i++ {
+		key := tokenKey("t" + string(rune(i)) + itoa(i))
+		c.put(&key, claims, 2, now.Add(time.Minute), now)
+	}
+	if n := c.len(); n > tokenCacheSize {
+		t.Fatalf("cache holds %d entries, bound %d", n, tokenCacheSize)
+	}
+}
+
+func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
+
+// A token verified once is served from the cache, with its time claims
+// checked on every hit.
+func TestHandlerCacheRechecksTime(t *testing.T) {
+	now := testNow
+	h := &Handler{now: func() time.Time { return now }}
+	keys, _ := staticKeys(testSecret, nil, allAlgSet)
+	h.verifier = newVerifier(staticKeySet(keys), keys[0].algs, 0, 0, nil, nil, nil, nil, false, h.now)
+	h.cache = newTokenCache()
+	tok := hs256(t, `{"sub":"a","exp":1800000010}`)
+	if _, err := h.verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	if h.cache.len() != 1 {
+		t.Fatal("not cached")
+	}
+	if _, err := h.verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(9 * time.Second)
+	if _, err := h.verify(context.Background(), tok); err != nil {
+		t.Fatalf("before exp: %v", err)
+	}
+	now = now.Add(2 * time.Second)
+	if _, err := h.verify(context.Background(), tok); !errors.Is(err, errExpired) {
+		t.Fatalf("after exp: %v", err)
+	}
+}
+
+func BenchmarkHandlerVerify(b *testing.B) {
+	for _, tc := range []struct {
+		name, secret, pem, keyFile string
+		method                     jwt.SigningMethod
+	}{
+		{"HS256", testSecret, "", "", jwt.SigningMethodHS256},
+		{"RS256", "", "../testdata/keys/rsa2048.pem", "rsa2048.key", jwt.SigningMethodRS256},
+		{"ES256", "", "../testdata/keys/ec256.pem", "ec256.key", jwt.SigningMethodES256},
+		{"EdDSA", "", "../testdata/keys/ed25519.pem", "ed25519.key", jwt.SigningMethodEdDSA},
+	} {
+		var pems []string
+		var key any = []byte(tc.secret)
+		if tc.pem != "" {
+			pems = []string{tc.pem}
+			key = privateKey(b, tc.keyFile)
+		}
+		token := signRaw(b, tc.method, key, `{"alg":"`+tc.method.Alg()+`","typ":"JWT"}`, validPayload(`"role":"admin","iss":"https://idp.example.com/"`))
+		for _, cached := range []bool{false, true} {
+			name := tc.name + "/uncached"
+			if cached {
+				name = tc.name + "/cached"
+			}
+			b.Run(name, func(b *testing.B) {
+				h := &Handler{now: frozen}
+				h.verifier = newTestVerifier(b, tc.secret, pems)
+				h.cache = newTokenCache()
+				b.ReportAllocs()
+				verify := h.verify
+				if !cached {
+					verify = h.verifier.verify // a cache miss: full verification
+				}
+				for b.Loop() {
+					if _, err := verify(context.Background(), token); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
