@@ -176,12 +176,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.warned = new(atomic.Bool)
 
-	// The fingerprint of an unnamed zone is the configuration as given.
-	fingerprint, err := json.Marshal(h)
-	if err != nil {
-		return err
-	}
-
 	if h.Headers == "" {
 		h.Headers = HeadersIETF
 	}
@@ -225,6 +219,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("exempt: %v", err)
 		}
 		h.exempt = append(h.exempt, p)
+	}
+
+	// An unnamed zone is identified by its handler's configuration.
+	fingerprint, err := json.Marshal(h)
+	if err != nil {
+		return err
 	}
 
 	h.zoneName = h.Zone
