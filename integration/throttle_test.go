@@ -1,0 +1,316 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Zones are process-wide state that outlives a config: every test names its
+// own zone.
+
+func TestThrottleConcurrentBurst(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "upstream")
+	}))
+	defer upstream.Close()
+	tc := gateway(t, "", fmt.Sprintf(`
+	throttle {
+		zone concurrent
+		rate 1/1h burst 10
+	}
+	reverse_proxy %s`, strings.TrimPrefix(upstream.URL, "http://")))
+
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := tc.Client.Do(get(t, "/"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			codes[resp.StatusCode]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if codes[200] != 10 || codes[429] != 90 {
+		t.Fatalf("statuses %v, want exactly 10 × 200 and 90 × 429", codes)
+	}
+}
+
+func TestThrottleTwoRatesRefusalConsumesNothing(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone tworates
+		rate 100/1h burst 5
+		rate 2/1h burst 2
+	}
+	respond "ok"`)
+	for i := range 2 {
+		if resp, _ := do(t, tc, get(t, "/")); resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i+1, resp.StatusCode)
+		}
+	}
+	for i := range 5 {
+		resp, _ := do(t, tc, get(t, "/"))
+		if resp.StatusCode != 429 {
+			t.Fatalf("refusal %d: status %d", i+1, resp.StatusCode)
+		}
+		// The first rate still has 3 of 5 left: refusals took nothing.
+		if got := resp.Header.Get("RateLimit"); !strings.HasPrefix(got, `"tworates";r=3;`) || !strings.Contains(got, `"tworates-2";r=0;t=1800`) {
+			t.Fatalf("refusal %d: RateLimit %q, want first rate r=3 and second r=0;t=1800", i+1, got)
+		}
+	}
+}
+
+func TestThrottleRetryAfter(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone retry
+		rate 1/1s burst 1
+	}
+	respond "ok"`)
+	do(t, tc, get(t, "/"))
+	resp, _ := do(t, tc, get(t, "/"))
+	if resp.StatusCode != 429 {
+		t.Fatalf("second request: %d, want 429", resp.StatusCode)
+	}
+	secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || secs != 1 {
+		t.Fatalf("Retry-After %q, want 1", resp.Header.Get("Retry-After"))
+	}
+	time.Sleep(time.Duration(secs) * time.Second)
+	if resp, _ := do(t, tc, get(t, "/")); resp.StatusCode != 200 {
+		t.Fatalf("after waiting Retry-After: %d", resp.StatusCode)
+	}
+}
+
+func TestThrottleSpoofedForwardedForIgnored(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone spoof
+		rate 1/1h burst 1
+	}
+	respond "ok"`)
+	if resp, _ := do(t, tc, get(t, "/", "X-Forwarded-For", "198.51.100.1")); resp.StatusCode != 200 {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	for _, xff := range []string{"198.51.100.2", "2001:db8::1", ""} {
+		if resp, _ := do(t, tc, get(t, "/", "X-Forwarded-For", xff)); resp.StatusCode != 429 {
+			t.Fatalf("X-Forwarded-For %q from an untrusted peer got %d, want 429", xff, resp.StatusCode)
+		}
+	}
+}
+
+func TestThrottleTrustedProxies(t *testing.T) {
+	tc := gateway(t, `servers {
+		trusted_proxies static 127.0.0.1/8 ::1/128
+	}`, `
+	throttle {
+		zone trusted
+		rate 1/1h burst 1
+	}
+	respond "ok"`)
+	for _, step := range []struct {
+		xff  string
+		want int
+	}{
+		{"198.51.100.1", 200},
+		{"198.51.100.1", 429},
+		{"198.51.100.2", 200}, // separate bucket
+		{"2001:db8:1:2::1", 200},
+		{"2001:db8:1:2:aaaa:bbbb:cccc:dddd", 429}, // same /64
+		{"2001:db8:1:3::1", 200},                  // next /64
+	} {
+		if resp, _ := do(t, tc, get(t, "/", "X-Forwarded-For", step.xff)); resp.StatusCode != step.want {
+			t.Fatalf("X-Forwarded-For %s: %d, want %d", step.xff, resp.StatusCode, step.want)
+		}
+	}
+}
+
+func TestThrottleExempt(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone exempt
+		rate 1/1h burst 1
+		exempt 10.0.0.0/8 127.0.0.0/8 ::1
+	}
+	respond "ok"`)
+	for i := range 5 {
+		resp, _ := do(t, tc, get(t, "/"))
+		if resp.StatusCode != 200 {
+			t.Fatalf("exempt request %d: %d", i+1, resp.StatusCode)
+		}
+		if resp.Header.Get("RateLimit") != "" {
+			t.Fatal("exempt request counted")
+		}
+	}
+}
+
+func TestThrottleDryRun(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone dry
+		rate 1/1h burst 1
+		dry_run
+	}
+	respond "ok"`)
+	for i := range 3 {
+		resp, _ := do(t, tc, get(t, "/"))
+		if resp.StatusCode != 200 {
+			t.Fatalf("dry run request %d: %d", i+1, resp.StatusCode)
+		}
+		if got := resp.Header.Get("RateLimit"); got != `"dry";r=0;t=3600` {
+			t.Fatalf("dry run request %d: RateLimit %q", i+1, got)
+		}
+	}
+}
+
+func TestThrottleReloadKeepsState(t *testing.T) {
+	site := func(version string) string {
+		return fmt.Sprintf(`
+	header X-Config %s
+	route /named {
+		throttle {
+			zone reload
+			rate 1/1h burst 2
+		}
+	}
+	route /unnamed {
+		throttle {
+			rate 1/1h burst 2
+			key reload-unnamed
+		}
+	}
+	respond "ok"`, version)
+	}
+	tc := gateway(t, "", site("1"))
+	for _, p := range []string{"/named", "/unnamed"} {
+		for range 2 {
+			if resp, _ := do(t, tc, get(t, p)); resp.StatusCode != 200 {
+				t.Fatalf("%s: %d", p, resp.StatusCode)
+			}
+		}
+	}
+	// A real reload: the config differs, the throttles do not.
+	tc.InitServer(caddyfile("", site("2")), "caddyfile")
+	for _, p := range []string{"/named", "/unnamed"} {
+		resp, _ := do(t, tc, get(t, p))
+		if resp.Header.Get("X-Config") != "2" {
+			t.Fatal("config not reloaded")
+		}
+		if resp.StatusCode != 429 {
+			t.Errorf("%s after reload: %d, want 429 (state kept)", p, resp.StatusCode)
+		}
+	}
+}
+
+func TestThrottleHeaders(t *testing.T) {
+	for _, tt := range []struct {
+		mode string
+		want map[string]string
+	}{
+		{"", map[string]string{
+			"RateLimit-Policy": `"hdr-ietf";q=3;w=18`,
+			"RateLimit":        `"hdr-ietf";r=2;t=6`,
+		}},
+		{"legacy", map[string]string{
+			"X-RateLimit-Limit":     "3",
+			"X-RateLimit-Remaining": "2",
+			"X-RateLimit-Reset":     "6",
+		}},
+		{"off", nil},
+	} {
+		t.Run("mode="+tt.mode, func(t *testing.T) {
+			mode := ""
+			zone := "hdr-ietf"
+			if tt.mode != "" {
+				mode = "headers " + tt.mode
+				zone = "hdr-" + tt.mode
+			}
+			tc := gateway(t, "", fmt.Sprintf(`
+	throttle {
+		zone %s
+		rate 10/1m burst 3
+		%s
+	}
+	respond "ok"`, zone, mode))
+			resp, _ := do(t, tc, get(t, "/"))
+			for _, name := range []string{"RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} {
+				if got, want := resp.Header.Get(name), tt.want[name]; got != want {
+					t.Errorf("%s = %q, want %q", name, got, want)
+				}
+			}
+			do(t, tc, get(t, "/"))
+			do(t, tc, get(t, "/"))
+			resp, _ = do(t, tc, get(t, "/"))
+			if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "6" {
+				t.Fatalf("4th request: %d, Retry-After %q; want 429, 6", resp.StatusCode, resp.Header.Get("Retry-After"))
+			}
+			if tt.mode == "" && resp.Header.Get("RateLimit") != `"hdr-ietf";r=0;t=6` {
+				t.Errorf("RateLimit on 429 = %q", resp.Header.Get("RateLimit"))
+			}
+		})
+	}
+}
+
+// handle_errors shapes the 429; the rate-limit headers stay.
+func TestThrottleHandleErrors(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone errors
+		rate 1/1h burst 1
+	}
+	respond "ok"
+	handle_errors 429 {
+		respond "slow down: {err.status_code}"
+	}`)
+	do(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
+	if resp.StatusCode != 429 || body != "slow down: 429" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	if resp.Header.Get("Retry-After") != "3600" || resp.Header.Get("RateLimit") != `"errors";r=0;t=3600` {
+		t.Fatalf("headers lost: %v", resp.Header)
+	}
+}
+
+// Metrics are labelled by zone only.
+func TestThrottleMetrics(t *testing.T) {
+	tc := gateway(t, `metrics`, `
+	throttle {
+		zone metrics
+		rate 1/1h burst 1
+	}
+	respond "ok"`)
+	do(t, tc, get(t, "/"))
+	do(t, tc, get(t, "/"))
+	resp, err := tc.Client.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`caddy_throttle_allowed_total{zone="metrics"} 1`,
+		`caddy_throttle_refused_total{zone="metrics"} 1`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
