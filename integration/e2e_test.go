@@ -72,7 +72,7 @@ func TestE2EListModules(t *testing.T) {
 	if err != nil {
 		t.Fatalf("list-modules: %v\n%s", err, out)
 	}
-	for _, id := range []string{"http.handlers.jwt_auth", "http.handlers.aggregate"} {
+	for _, id := range []string{"http.handlers.jwt_auth", "http.handlers.aggregate", "http.handlers.throttle"} {
 		if !strings.Contains(out, id+"\n") {
 			t.Errorf("list-modules lacks %s", id)
 		}
