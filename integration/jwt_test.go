@@ -203,6 +203,27 @@ func TestJWTSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
 		}
 		check(t, n+2, "alice")
 	})
+	// Caddy itself drops headers with underscores unless the server
+	// allowlists them; with them allowed, jwt_auth still deletes them.
+	t.Run("underscore variants allowed by the server", func(t *testing.T) {
+		tc := gateway(t, `servers {
+		expected_underscore_headers X_User_Id x_USER-id
+	}`, `
+	jwt_auth {
+		secret `+jwtSecret+`
+		header X-User-Id sub
+	}
+	reverse_proxy `+up.addr())
+		n := up.count.Load()
+		req := get(t, "/", "Authorization", bearer(token(t, `"sub":"alice"`)))
+		req.Header["X_User_Id"] = []string{"mallory3"}
+		req.Header["x_USER-id"] = []string{"mallory4"}
+		resp, _ := do(t, tc, req)
+		if resp.StatusCode != 200 {
+			t.Fatal(resp.StatusCode)
+		}
+		check(t, n+1, "alice")
+	})
 	t.Run("optional without token", func(t *testing.T) {
 		tc := gateway(t, "", `
 	jwt_auth {
