@@ -680,3 +680,55 @@ func TestAggregatePlaceholderOutsidePathAndQueryIsConfigError(t *testing.T) {
 		}
 	}
 }
+
+// TestAggregateLatencyThroughCaddy only measures and logs (it never asserts
+// a time): the median latency of an aggregate over three loopback backends
+// through the in-process Caddy, next to a reverse_proxy to one of them and
+// to that backend called directly. Run with -v to see the figures.
+func TestAggregateLatencyThroughCaddy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measurement only")
+	}
+	var ups []*aggUpstream
+	for i := range 3 {
+		ups = append(ups, newAggUpstream(t, aggJSON(fmt.Sprintf(`{"backend":%d,"items":[1,2,3],"name":"some text here"}`, i))))
+	}
+	tc := gateway(t, "", `
+	handle /agg {
+		aggregate {
+			backend a `+ups[0].URL+`/x
+			backend b `+ups[1].URL+`/x
+			backend c `+ups[2].URL+`/x
+		}
+	}
+	handle /rp {
+		reverse_proxy `+strings.TrimPrefix(ups[0].URL, "http://")+`
+	}`)
+	const n = 400
+	measure := func(url string) time.Duration {
+		lat := make([]time.Duration, 0, n)
+		for i := range n + 50 {
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			start := time.Now()
+			resp, err := tc.Client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if i >= 50 { // warm-up
+				lat = append(lat, time.Since(start))
+			}
+		}
+		slices.Sort(lat)
+		return lat[len(lat)/2]
+	}
+	var direct time.Duration
+	for _, u := range ups {
+		direct = max(direct, measure(u.URL+"/x"))
+	}
+	rp := measure(siteURL("/rp"))
+	agg := measure(siteURL("/agg"))
+	t.Logf("p50: slowest backend direct %v, reverse_proxy to one %v, aggregate of 3 %v", direct, rp, agg)
+	t.Logf("aggregate adds %v over the slowest backend, %v over reverse_proxy", agg-direct, agg-rp)
+}
