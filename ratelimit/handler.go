@@ -319,14 +319,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
-	var buf [4]verdict
-	out := buf[:0]
-	if len(h.limits) <= len(buf) {
+	var (
+		buf     [4]verdict
+		out     []verdict
+		allowed bool
+		err     error
+	)
+	if h.mem != nil && len(h.limits) <= len(buf) {
+		// A direct call keeps out on the stack.
 		out = buf[:len(h.limits)]
+		allowed, err = h.mem.take(k, h.limits, out)
 	} else {
-		out = make([]verdict, len(h.limits))
+		heap := make([]verdict, len(h.limits))
+		allowed, err = h.store.take(k, h.limits, heap)
+		out = heap
 	}
-	allowed, err := h.store.take(k, h.limits, out)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -426,12 +433,23 @@ func (h *Handler) mask(a netip.Addr) key {
 	return key{addr: p.Addr(), bits: bits}
 }
 
+// Header names in canonical form, so setting them costs no canonicalization
+// (clients match header names case-insensitively).
+var (
+	hdrPolicy    = http.CanonicalHeaderKey("RateLimit-Policy")
+	hdrRateLimit = http.CanonicalHeaderKey("RateLimit")
+	hdrLimit     = http.CanonicalHeaderKey("X-RateLimit-Limit")
+	hdrRemaining = http.CanonicalHeaderKey("X-RateLimit-Remaining")
+	hdrReset     = http.CanonicalHeaderKey("X-RateLimit-Reset")
+)
+
 // setHeaders sets the rate-limit headers of the configured mode.
 func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 	switch h.Headers {
 	case HeadersIETF:
-		hdr.Set("RateLimit-Policy", h.policy)
-		b := make([]byte, 0, 32*len(out))
+		hdr[hdrPolicy] = []string{h.policy}
+		var arr [96]byte
+		b := arr[:0]
 		for i, v := range out {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -442,7 +460,7 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 			b = append(b, ";t="...)
 			b = strconv.AppendInt(b, ceilSeconds(v.reset), 10)
 		}
-		hdr.Set("RateLimit", string(b))
+		hdr[hdrRateLimit] = []string{string(b)}
 	case HeadersLegacy:
 		j := 0
 		for i, v := range out {
@@ -450,9 +468,9 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 				j = i
 			}
 		}
-		hdr.Set("X-RateLimit-Limit", strconv.Itoa(h.Rate[j].Burst))
-		hdr.Set("X-RateLimit-Remaining", strconv.FormatInt(out[j].remaining, 10))
-		hdr.Set("X-RateLimit-Reset", strconv.FormatInt(ceilSeconds(out[j].reset), 10))
+		hdr[hdrLimit] = []string{strconv.Itoa(h.Rate[j].Burst)}
+		hdr[hdrRemaining] = []string{strconv.FormatInt(out[j].remaining, 10)}
+		hdr[hdrReset] = []string{strconv.FormatInt(ceilSeconds(out[j].reset), 10)}
 	}
 }
 
