@@ -26,6 +26,9 @@ lint:
 bench:
 	go test -run '^$$' -bench . -benchmem ./jwtauth/... ./ratelimit/... ./aggregate/...
 
+load:
+	bash scripts/load.sh
+
 token:
 	@go run ./cmd/demo-token
 
