@@ -2,6 +2,7 @@ package jwtauth
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -343,7 +344,7 @@ func keyEqual(a, b any) bool {
 	case []byte:
 		y, ok := b.([]byte)
 		return ok && string(x) == string(y)
-	case interface{ Equal(crypto any) bool }:
+	case interface{ Equal(crypto.PublicKey) bool }:
 		return x.Equal(b)
 	}
 	return false

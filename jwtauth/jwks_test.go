@@ -2,7 +2,9 @@ package jwtauth
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
@@ -191,5 +193,27 @@ func BenchmarkHandlerVerify(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// An unchanged set keeps its generation (and the cache); a changed one
+// does not.
+func TestSameKeys(t *testing.T) {
+	data := []byte(`{"keys":[` + func() string {
+		b, _ := json.Marshal(map[string]string{"kty": "OKP", "crv": "Ed25519", "kid": "a", "x": enc(string(privateKey(t, "ed25519.key").(interface{ Public() crypto.PublicKey }).Public().(ed25519.PublicKey)))})
+		return string(b)
+	}() + `]}`)
+	a, _, _ := parseJWKS(data, false)
+	b, _, _ := parseJWKS(data, false)
+	if !sameKeys(a, b) {
+		t.Fatal("identical sets differ")
+	}
+	rsaA, _, _ := parseJWKS([]byte(`{"keys":[{"kty":"RSA","kid":"r","n":"`+enc(string(privateKey(t, "rsa2048.key").(*rsa.PrivateKey).N.Bytes()))+`","e":"AQAB"}]}`), false)
+	rsaB, _, _ := parseJWKS([]byte(`{"keys":[{"kty":"RSA","kid":"r","n":"`+enc(string(privateKey(t, "rsa2048.key").(*rsa.PrivateKey).N.Bytes()))+`","e":"AQAB"}]}`), false)
+	if !sameKeys(rsaA, rsaB) {
+		t.Fatal("identical RSA sets differ")
+	}
+	if sameKeys(a, rsaA) {
+		t.Fatal("different sets equal")
 	}
 }
