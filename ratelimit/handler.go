@@ -29,8 +29,8 @@ func init() {
 // Defaults.
 const (
 	// DefaultMaxKeys is the default bound on the keys a zone keeps in
-	// memory. One key with one rate costs about 20-40 bytes, so the bound is
-	// a few MB.
+	// memory. One key with one rate costs about 48 bytes (map overhead
+	// included), so a full zone takes about 5 MB.
 	DefaultMaxKeys = 100_000
 
 	defaultIPv4Prefix = 32
@@ -145,6 +145,7 @@ type Handler struct {
 	warned   *atomic.Bool
 	counters counters
 	logger   *zap.Logger
+	now      func() int64 // clock of a new zone; nil for the monotonic clock (tests inject one)
 }
 
 // Rate is one rate limit: Events requests per Period, with bursts of up to
@@ -259,7 +260,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	maxKeys, nRates := h.MaxKeys, len(h.Rate)
 	val, _, err := zones.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		s := newMemStore(max(maxKeys, 1), max(nRates, 1))
+		s := newMemStore(max(maxKeys, 1), max(nRates, 1), h.now)
 		go s.run(sweepInterval)
 		return s, nil
 	})

@@ -20,6 +20,9 @@ import (
 // clock, and cleans up at the end of the test.
 func provision(t *testing.T, h *Handler) (*clock, caddy.Context) {
 	t.Helper()
+	c := new(clock)
+	c.t.Store(int64(time.Hour))
+	h.now = c.now
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
@@ -31,9 +34,6 @@ func provision(t *testing.T, h *Handler) (*clock, caddy.Context) {
 		h.Cleanup()
 		cancel()
 	})
-	c := new(clock)
-	c.t.Store(int64(time.Hour))
-	h.mem.now = c.now
 	return c, ctx
 }
 

@@ -108,14 +108,18 @@ const (
 	minPerShard = 256
 )
 
-// newMemStore returns a store for up to maxKeys keys of nRates rates each.
-func newMemStore(maxKeys, nRates int) *memStore {
+// newMemStore returns a store for up to maxKeys keys of nRates rates each,
+// on the clock now (nanoseconds; nil for the monotonic clock).
+func newMemStore(maxKeys, nRates int, now func() int64) *memStore {
+	if now == nil {
+		now = monotonicNow
+	}
 	n := 1
 	for n < maxShards && maxKeys/(n*2) >= minPerShard {
 		n *= 2
 	}
 	s := &memStore{
-		now:    monotonicNow,
+		now:    now,
 		seedA:  rand.Uint64(),
 		seedB:  rand.Uint64(),
 		seedS:  maphash.MakeSeed(),

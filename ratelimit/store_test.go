@@ -20,9 +20,7 @@ func (c *clock) advance(d time.Duration) { c.t.Add(int64(d)) }
 func testStore(maxKeys, nRates int) (*memStore, *clock) {
 	c := new(clock)
 	c.t.Store(int64(time.Hour)) // any start
-	s := newMemStore(maxKeys, nRates)
-	s.now = c.now
-	return s, c
+	return newMemStore(maxKeys, nRates, c.now), c
 }
 
 func lim(events int, period time.Duration, burst int) limit {
@@ -157,7 +155,7 @@ func TestConcurrencyExact(t *testing.T) {
 
 // With the real clock, admitted never exceeds burst + rate × elapsed.
 func TestConcurrencyRealClock(t *testing.T) {
-	s := newMemStore(1000, 1)
+	s := newMemStore(1000, 1, nil)
 	ls := []limit{lim(1000, time.Second, 20)} // one per ms
 	start := time.Now()
 	var admitted atomic.Int64
@@ -334,7 +332,7 @@ func TestMillionKeysFlood(t *testing.T) {
 }
 
 func BenchmarkTakeOneKey(b *testing.B) {
-	s := newMemStore(DefaultMaxKeys, 1)
+	s := newMemStore(DefaultMaxKeys, 1, nil)
 	ls := []limit{lim(1_000_000_000, time.Second, 1_000_000_000)}
 	k := key{addr: netip.MustParseAddr("192.0.2.1"), bits: 32}
 	b.ReportAllocs()
@@ -348,7 +346,7 @@ func BenchmarkTakeOneKey(b *testing.B) {
 
 func BenchmarkTakeManyKeys(b *testing.B) {
 	const n = 1 << 16
-	s := newMemStore(DefaultMaxKeys, 1)
+	s := newMemStore(DefaultMaxKeys, 1, nil)
 	ls := []limit{lim(1_000_000_000, time.Second, 1_000_000_000)}
 	keys := make([]key, n)
 	out := make([]verdict, 1)
@@ -370,7 +368,7 @@ func BenchmarkTakeManyKeys(b *testing.B) {
 }
 
 func BenchmarkTakeTwoRates(b *testing.B) {
-	s := newMemStore(DefaultMaxKeys, 2)
+	s := newMemStore(DefaultMaxKeys, 2, nil)
 	ls := []limit{lim(1_000_000_000, time.Second, 1_000_000_000), lim(1_000_000_000, time.Hour, 1_000_000_000)}
 	k := textKey("api-key-0123456789")
 	b.ReportAllocs()
