@@ -314,3 +314,60 @@ func TestThrottleMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A flood of new keys through a full zone never resets an active client's
+// bucket; the zone stays within max_keys by refusing new keys while all its
+// keys are active.
+func TestThrottleEvictionKeepsActiveClient(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone evict
+		key {header.X-Client}
+		rate 1/1h burst 2
+		max_keys 10
+	}
+	respond "ok"`)
+	for range 2 {
+		do(t, tc, get(t, "/", "X-Client", "active"))
+	}
+	if resp, _ := do(t, tc, get(t, "/", "X-Client", "active")); resp.StatusCode != 429 {
+		t.Fatalf("active client not limited: %d", resp.StatusCode)
+	}
+	codes := map[int]int{}
+	for i := range 100 {
+		resp, _ := do(t, tc, get(t, "/", "X-Client", fmt.Sprint("flood-", i)))
+		codes[resp.StatusCode]++
+	}
+	if codes[200] != 9 || codes[429] != 91 {
+		t.Errorf("flood statuses %v, want 9 admitted (max_keys 10) and 91 refused", codes)
+	}
+	if resp, _ := do(t, tc, get(t, "/", "X-Client", "active")); resp.StatusCode != 429 {
+		t.Fatalf("active client got a fresh bucket after the flood: %d", resp.StatusCode)
+	}
+}
+
+// A placeholder key: one bucket per API key whatever the client IP; an
+// empty key falls back to the client IP.
+func TestThrottleKeyPlaceholder(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone bykey
+		key {header.X-API-Key}
+		rate 1/1h burst 1
+	}
+	respond "ok"`)
+	for _, step := range []struct {
+		apiKey string
+		want   int
+	}{
+		{"alpha", 200}, {"alpha", 429}, {"beta", 200}, {"", 200}, {"", 429},
+	} {
+		var h []string
+		if step.apiKey != "" {
+			h = []string{"X-API-Key", step.apiKey}
+		}
+		if resp, _ := do(t, tc, get(t, "/", h...)); resp.StatusCode != step.want {
+			t.Fatalf("key %q: %d, want %d", step.apiKey, resp.StatusCode, step.want)
+		}
+	}
+}
