@@ -69,6 +69,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				r.Burst = n
 			}
+			full := r
+			if full.Burst == 0 {
+				full.Burst = full.Events
+			}
+			if err := checkRate(full); err != nil {
+				return d.Errf("rate: %v", err)
+			}
 			h.Rate = append(h.Rate, r)
 
 		case "key":

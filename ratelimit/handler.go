@@ -201,11 +201,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if r.Burst == 0 {
 			r.Burst = r.Events
 		}
-		if r.Events < 1 || r.Period <= 0 || r.Burst < 1 {
+		if checkRate(*r) != nil {
 			continue // refused by Validate
 		}
-		interval := max(int64(r.Period)/int64(r.Events), 1)
-		h.limits[i] = limit{interval: interval, tolerance: interval * int64(r.Burst)}
+		h.limits[i] = compile(*r)
 	}
 
 	for _, s := range h.Exempt {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -69,6 +70,10 @@ func parseRate(s string) (Rate, error) {
 	return Rate{Events: n, Period: caddy.Duration(d)}, nil
 }
 
+// maxTolerance bounds burst × period / events (about 146 years), so that
+// timestamps never overflow.
+const maxTolerance = math.MaxInt64 / 4
+
 // checkRate checks a rate after defaults.
 func checkRate(r Rate) error {
 	switch {
@@ -78,8 +83,23 @@ func checkRate(r Rate) error {
 		return fmt.Errorf("period must be positive, got %s", time.Duration(r.Period))
 	case r.Burst < 1:
 		return fmt.Errorf("burst must be at least 1, got %d", r.Burst)
+	case interval(r) > maxTolerance/int64(r.Burst):
+		return fmt.Errorf("burst × period / events is too long")
 	}
 	return nil
+}
+
+// interval returns the emission interval of r: period / events, rounded up
+// so that rounding never admits more than the rate.
+func interval(r Rate) int64 {
+	p, n := int64(r.Period), int64(r.Events)
+	return max((p+n-1)/n, 1)
+}
+
+// compile turns a valid rate into GCRA terms.
+func compile(r Rate) limit {
+	t := interval(r)
+	return limit{interval: t, tolerance: t * int64(r.Burst)}
 }
 
 // checkPrefix checks a prefix length against the address size.
