@@ -41,7 +41,8 @@ func init() {
 // `code` is one of `timeout`, `status` (non-2xx, redirects included),
 // `unreachable`, `invalid_json` or `too_large`; `status` is present whenever
 // the backend answered. Upstream bodies of failed calls never reach the
-// client. Any 2xx is a success; a 204 gives null.
+// client. Any 2xx is a success; a 204, or a 2xx with an empty body, gives
+// null.
 //
 // Statuses returned:
 //
@@ -333,7 +334,7 @@ func validMethod(m string) bool {
 	if m == "" || m == http.MethodConnect {
 		return false
 	}
-	for i := 0; i < len(m); i++ {
+	for i := range len(m) {
 		if !httpguts.IsTokenRune(rune(m[i])) {
 			return false
 		}
@@ -504,7 +505,7 @@ func (h *Handler) fetch(ctx context.Context, b *Backend, c *call) {
 	buf.Reset()
 	c.buf = buf
 	if resp.ContentLength > 0 {
-		buf.Grow(int(resp.ContentLength) + 1)
+		buf.Grow(int(resp.ContentLength) + 1) //nolint:gosec // at most MaxBody
 	}
 	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, h.MaxBody+1)); err != nil {
 		c.code = failureCode(ctx, err)
@@ -515,6 +516,11 @@ func (h *Handler) fetch(ctx context.Context, b *Backend, c *call) {
 		return
 	}
 	body := bytes.TrimSpace(buf.Bytes())
+	if len(body) == 0 {
+		// A 2xx with no content, like a 204, gives null.
+		c.value = jsonNull
+		return
+	}
 	if b.target == nil {
 		if !json.Valid(body) {
 			c.code = codeInvalidJSON

@@ -117,7 +117,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if size == 0 || size > 1<<40 {
 				return d.Errf("max_body must be between 1 byte and 1TiB")
 			}
-			h.MaxBody = int64(size)
+			h.MaxBody = int64(size) //nolint:gosec // bounded above
 
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)

@@ -224,7 +224,7 @@ func checkPathValue(v string) error {
 		return fmt.Errorf("%w: empty", errBadValue)
 	case v == "." || v == "..":
 		return fmt.Errorf("%w: dot segment", errBadValue)
-	case strings.IndexFunc(v, unicode.IsControl) >= 0:
+	case strings.ContainsFunc(v, unicode.IsControl):
 		return fmt.Errorf("%w: control character", errBadValue)
 	}
 	return nil
@@ -235,7 +235,7 @@ func checkPathValue(v string) error {
 // (A-Z a-z 0-9 - . _ ~) is encoded, including '/', '?', '#', '%' and ';'.
 func escapeSegment(sb *strings.Builder, v string) {
 	const hex = "0123456789ABCDEF"
-	for i := 0; i < len(v); i++ {
+	for i := range len(v) {
 		c := v[i]
 		if unreserved(c) {
 			sb.WriteByte(c)
@@ -276,7 +276,7 @@ func (h headerTemplate) expand(repl *caddy.Replacer) (string, error) {
 		return h.raw, nil
 	}
 	v := repl.ReplaceAll(h.raw, "")
-	if strings.IndexFunc(v, func(r rune) bool { return r != '\t' && unicode.IsControl(r) }) >= 0 {
+	if strings.ContainsFunc(v, func(r rune) bool { return r != '\t' && unicode.IsControl(r) }) {
 		return "", fmt.Errorf("%w: control character in header value", errBadValue)
 	}
 	return v, nil
