@@ -73,7 +73,9 @@ const golden = 0x9E3779B97F4A7C15
 // a decision. Memory is bounded by maxKeys: idle entries are swept
 // periodically and whenever a shard is full; when a shard is full of active
 // entries a new key is refused rather than an active key evicted (evicting
-// would hand that client a fresh bucket).
+// would hand that client a fresh bucket). A known key whose slower rates
+// went idle may exceed the bound by an eighth, so an active client is not
+// refused for want of room; new keys never do.
 type memStore struct {
 	now    func() int64 // clock in nanoseconds; injected by tests
 	seedA  uint64       // address hash seeds
@@ -198,6 +200,11 @@ func (s *memStore) take(k key, limits []limit, out []verdict) (bool, error) {
 	var full bool
 	if allowed && missing > 0 {
 		bound := int(s.perShard.Load() * s.rates.Load())
+		if missing < len(limits) {
+			// A known key whose slower rates went idle: give it some slack
+			// rather than refuse an active client.
+			bound += bound / 8
+		}
 		if len(sh.m)+missing > bound {
 			if now < sh.fullUntil {
 				full = true
