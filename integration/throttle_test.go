@@ -371,3 +371,49 @@ func TestThrottleKeyPlaceholder(t *testing.T) {
 		}
 	}
 }
+
+// Same zone name, same state (across routes); identical unnamed handlers
+// stay private to each other.
+func TestThrottleZoneSharing(t *testing.T) {
+	tc := gateway(t, "", `
+	route /shared-a {
+		throttle {
+			zone sharing
+			rate 1/1h burst 1
+		}
+	}
+	route /shared-b {
+		throttle {
+			zone sharing
+			rate 1/1h burst 1
+		}
+	}
+	route /private-a {
+		throttle {
+			rate 1/1h burst 1
+			key private-sharing-test
+		}
+	}
+	route /private-b {
+		throttle {
+			rate 1/1h burst 1
+			key private-sharing-test
+		}
+	}
+	respond "ok"`)
+	for _, step := range []struct {
+		path string
+		want int
+	}{
+		{"/shared-a", 200}, {"/shared-b", 429},
+		{"/private-a", 200}, {"/private-b", 200}, {"/private-a", 429}, {"/private-b", 429},
+	} {
+		resp, _ := do(t, tc, get(t, step.path))
+		if resp.StatusCode != step.want {
+			t.Fatalf("%s: %d, want %d", step.path, resp.StatusCode, step.want)
+		}
+		if strings.HasPrefix(step.path, "/private") && !strings.HasPrefix(resp.Header.Get("RateLimit"), `"throttle";`) {
+			t.Errorf("unnamed zone named %q in RateLimit", resp.Header.Get("RateLimit"))
+		}
+	}
+}
