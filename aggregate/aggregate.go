@@ -359,6 +359,14 @@ type call struct {
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
+// putBuf returns buf to the pool unless it grew large: a burst of big
+// bodies must not stay pinned in memory.
+func putBuf(buf *bytes.Buffer) {
+	if buf.Cap() <= 64<<10 {
+		bufPool.Put(buf)
+	}
+}
+
 // noUserAgent keeps net/http from adding its default User-Agent.
 var noUserAgent = []string{""}
 
@@ -425,7 +433,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	defer func() {
 		for _, res := range results {
 			if res.buf != nil {
-				bufPool.Put(res.buf)
+				putBuf(res.buf)
 			}
 		}
 	}()
@@ -436,7 +444,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	out := bufPool.Get().(*bytes.Buffer)
 	out.Reset()
-	defer bufPool.Put(out)
+	defer putBuf(out)
 	sum := writeEnvelope(out, h.Backends, results)
 	status, complete := sum.status(len(calls))
 
