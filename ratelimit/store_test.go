@@ -3,8 +3,10 @@ package ratelimit
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -301,6 +303,7 @@ func TestMillionKeysFlood(t *testing.T) {
 		return m.HeapAlloc
 	}
 	base := heap()
+	rssBase := rss()
 	var k [4]byte
 	refused := 0
 	var atHalf uint64
@@ -318,8 +321,8 @@ func TestMillionKeysFlood(t *testing.T) {
 	}
 	end := heap()
 	n := s.len()
-	t.Logf("1M distinct keys, max_keys %d: %d held, %d refused as full; heap above baseline: %.1f MiB at 500k, %.1f MiB at 1M",
-		maxKeys, n, refused, float64(atHalf-base)/(1<<20), float64(end-base)/(1<<20))
+	t.Logf("1M distinct keys, max_keys %d: %d held, %d refused as full; heap above baseline: %.1f MiB at 500k, %.1f MiB at 1M; process RSS %s -> %s",
+		maxKeys, n, refused, float64(atHalf-base)/(1<<20), float64(end-base)/(1<<20), rssBase, rss())
 	if n > maxKeys {
 		t.Fatalf("store holds %d keys, beyond max_keys %d", n, maxKeys)
 	}
@@ -378,4 +381,18 @@ func BenchmarkTakeTwoRates(b *testing.B) {
 			s.take(k, ls, out)
 		}
 	})
+}
+
+// rss returns the process's resident set size as Linux reports it, or "?".
+func rss() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }
