@@ -216,7 +216,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		p, err := parsePrefix(s)
 		if err != nil {
-			return fmt.Errorf("exempt: %v", err)
+			return fmt.Errorf("exempt: %w", err)
 		}
 		h.exempt = append(h.exempt, p)
 	}
@@ -280,17 +280,17 @@ func (h *Handler) Validate() error {
 	}
 	for i, r := range h.Rate {
 		if err := checkRate(r); err != nil {
-			return fmt.Errorf("rate %d: %v", i+1, err)
+			return fmt.Errorf("rate %d: %w", i+1, err)
 		}
 	}
 	if err := checkZone(h.Zone); err != nil {
 		return err
 	}
 	if err := checkPrefix(h.v4bits, 32); err != nil {
-		return fmt.Errorf("ipv4_prefix: %v", err)
+		return fmt.Errorf("ipv4_prefix: %w", err)
 	}
 	if err := checkPrefix(h.v6bits, 128); err != nil {
-		return fmt.Errorf("ipv6_prefix: %v", err)
+		return fmt.Errorf("ipv6_prefix: %w", err)
 	}
 	if h.MaxKeys < 1 {
 		return fmt.Errorf("max_keys must be at least 1, got %d", h.MaxKeys)

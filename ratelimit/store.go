@@ -1,9 +1,9 @@
 package ratelimit
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"hash/maphash"
-	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -122,8 +122,8 @@ func newMemStore(maxKeys, nRates int, now func() int64) *memStore {
 	}
 	s := &memStore{
 		now:    now,
-		seedA:  rand.Uint64(),
-		seedB:  rand.Uint64(),
+		seedA:  randUint64(),
+		seedB:  randUint64(),
 		seedS:  maphash.MakeSeed(),
 		shards: make([]shard, n),
 		shift:  64,
@@ -165,6 +165,13 @@ func (s *memStore) hash(k key) uint64 {
 		return fmix64(fmix64(s.seedA^hi) ^ lo ^ uint64(k.bits)<<56 ^ s.seedB)
 	}
 	return maphash.String(s.seedS, k.text)
+}
+
+// randUint64 returns a random seed.
+func randUint64() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
+	return binary.LittleEndian.Uint64(b[:])
 }
 
 // fmix64 is MurmurHash3's finalizer: a bijection that spreads every input
@@ -290,18 +297,6 @@ func (s *memStore) sweepAll() {
 		sh.fullUntil = 0
 		sh.mu.Unlock()
 	}
-}
-
-// len returns the number of entries held.
-func (s *memStore) len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
 }
 
 // sweepInterval is how often the background sweeper drops idle entries.
