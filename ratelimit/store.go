@@ -63,7 +63,7 @@ func monotonicNow() int64 { return int64(time.Since(epoch)) }
 const golden = 0x9E3779B97F4A7C15
 
 // memStore is the in-memory GCRA store: one timestamp (the TAT) per key and
-// rate, in a fixed number of shards, each a map under its own mutex, so
+// rate, in a fixed number of shards, each a hash table under its own mutex, so
 // there is no global lock and decisions on one key are exact under any
 // concurrency. Keys are stored as 64-bit seeded hashes, so every entry has
 // the same size however long the key text is.
@@ -95,7 +95,7 @@ type memStore struct {
 
 type shard struct {
 	mu sync.Mutex
-	m  map[uint64]int64 // hash of (key, rate index) -> TAT
+	t  table // hash of (key, rate index) -> TAT
 	// fullUntil is, after a sweep found the shard full of active
 	// entries, the earliest time one of them becomes idle: until then new
 	// keys are refused without sweeping again.
@@ -132,9 +132,6 @@ func newMemStore(maxKeys, nRates int, now func() int64) *memStore {
 	for n > 1 {
 		s.shift--
 		n >>= 1
-	}
-	for i := range s.shards {
-		s.shards[i].m = make(map[uint64]int64)
 	}
 	s.configure(maxKeys, nRates)
 	return s
@@ -194,7 +191,7 @@ func (s *memStore) take(k key, limits []limit, out []verdict) (bool, error) {
 	allowed := true
 	missing := 0
 	for i, l := range limits {
-		tat, ok := sh.m[h+uint64(i)*golden]
+		tat, ok := sh.t.get(h + uint64(i)*golden)
 		if !ok {
 			missing++
 		}
@@ -212,7 +209,7 @@ func (s *memStore) take(k key, limits []limit, out []verdict) (bool, error) {
 			// rather than refuse an active client.
 			bound += bound / 8
 		}
-		if len(sh.m)+missing > bound {
+		if sh.t.n+missing > bound {
 			if now < sh.fullUntil {
 				full = true
 			} else {
@@ -220,11 +217,11 @@ func (s *memStore) take(k key, limits []limit, out []verdict) (bool, error) {
 				// The sweep may have dropped this key's idle entries.
 				missing = 0
 				for i := range limits {
-					if _, ok := sh.m[h+uint64(i)*golden]; !ok {
+					if _, ok := sh.t.get(h + uint64(i)*golden); !ok {
 						missing++
 					}
 				}
-				full = len(sh.m)+missing > bound
+				full = sh.t.n+missing > bound
 			}
 		}
 		allowed = !full
@@ -232,7 +229,7 @@ func (s *memStore) take(k key, limits []limit, out []verdict) (bool, error) {
 	if allowed {
 		for i, l := range limits {
 			tat := out[i].reset + l.interval
-			sh.m[h+uint64(i)*golden] = tat
+			sh.t.set(h+uint64(i)*golden, tat)
 			// A new entry may become idle before the ones the last
 			// sweep saw.
 			sh.fullUntil = min(sh.fullUntil, tat)
@@ -277,15 +274,7 @@ func judge(used int64, l limit) verdict {
 // drop, remembers when the first active entry becomes idle. Called with the
 // shard locked.
 func (sh *shard) sweep(now int64) {
-	next := int64(1<<63 - 1)
-	for k, tat := range sh.m {
-		if tat <= now {
-			delete(sh.m, k)
-		} else if tat < next {
-			next = tat
-		}
-	}
-	sh.fullUntil = next
+	sh.fullUntil = sh.t.sweep(now)
 }
 
 // sweepAll sweeps every shard, one at a time.
