@@ -100,7 +100,7 @@ type shard struct {
 	// entries, the earliest time one of them becomes idle: until then new
 	// keys are refused without sweeping again.
 	fullUntil int64
-	_         [40]byte // keep shards on separate cache lines
+	_         [16]byte // pad to 64 bytes: shards on separate cache lines
 }
 
 // maxShards bounds the number of shards; minPerShard keeps small max_keys
@@ -283,7 +283,6 @@ func (s *memStore) sweepAll() {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		sh.sweep(s.now())
-		sh.fullUntil = 0
 		sh.mu.Unlock()
 	}
 }

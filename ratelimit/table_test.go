@@ -3,7 +3,14 @@ package ratelimit
 import (
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 )
+
+func TestShardSize(t *testing.T) {
+	if n := unsafe.Sizeof(shard{}); n != 64 {
+		t.Errorf("shard is %d bytes, want one 64-byte cache line", n)
+	}
+}
 
 // The table agrees with a Go map under random inserts, updates and sweeps,
 // with keys crowded into few home slots so probe runs wrap and shift.
