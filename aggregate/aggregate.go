@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -307,10 +309,8 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("backend %q: timeout must not be negative", b.Name)
 		}
 		if b.Target != "" {
-			for _, seg := range b.target {
-				if seg == "" {
-					return fmt.Errorf("backend %q: target %q has an empty segment", b.Name, b.Target)
-				}
+			if slices.Contains(b.target, "") {
+				return fmt.Errorf("backend %q: target %q has an empty segment", b.Name, b.Target)
 			}
 		}
 		for name, vals := range b.headers {
@@ -394,9 +394,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: %w", b.Name, err))
 		}
 		hdr := make(http.Header, len(forwarded)+len(b.headers)+1)
-		for name, vals := range forwarded {
-			hdr[name] = vals
-		}
+		maps.Copy(hdr, forwarded)
 		for name, tmpls := range b.headers {
 			vals := make([]string, len(tmpls))
 			for j, t := range tmpls {
@@ -417,11 +415,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	defer cancel()
 	var wg sync.WaitGroup
 	for i := 1; i < len(calls); i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			h.fetch(ctx, h.Backends[i], &calls[i])
-		}()
+		})
 	}
 	h.fetch(ctx, h.Backends[0], &calls[0])
 	wg.Wait()

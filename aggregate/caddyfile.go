@@ -3,6 +3,7 @@ package aggregate
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/dustin/go-humanize"
@@ -194,10 +195,8 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 			if !d.AllArgs(&b.Target) {
 				return nil, d.ArgErr()
 			}
-			for _, seg := range strings.Split(b.Target, ".") {
-				if seg == "" {
-					return nil, d.Errf("backend %q: target %q has an empty segment", b.Name, b.Target)
-				}
+			if slices.Contains(strings.Split(b.Target, "."), "") {
+				return nil, d.Errf("backend %q: target %q has an empty segment", b.Name, b.Target)
 			}
 
 		case "fallback":

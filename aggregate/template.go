@@ -55,21 +55,21 @@ var errBadValue = errors.New("bad placeholder value")
 // scheme, userinfo, host, port and fragment, and any scheme but http and
 // https.
 func compileURL(raw string) (*urlTemplate, error) {
-	schemeEnd := strings.Index(raw, "://")
-	if schemeEnd < 0 {
+	before, after, ok := strings.Cut(raw, "://")
+	if !ok {
 		if strings.ContainsAny(raw, "{}") && strings.IndexAny(raw, "{}") < strings.IndexAny(raw+"/", "/?#") {
 			return nil, placeholderErr("scheme")
 		}
 		return nil, fmt.Errorf("backend URL %q: must be absolute, like http://host:port/path", raw)
 	}
-	scheme := raw[:schemeEnd]
+	scheme := before
 	if strings.ContainsAny(scheme, "{}") {
 		return nil, placeholderErr("scheme")
 	}
 	if s := strings.ToLower(scheme); s != "http" && s != "https" {
 		return nil, fmt.Errorf("backend URL %q: scheme must be http or https", raw)
 	}
-	rest := raw[schemeEnd+3:]
+	rest := after
 
 	// The fragment is never sent; a placeholder in it is refused so that
 	// nobody believes it does something.

@@ -106,14 +106,4 @@ func (s *cacheShard) reset(generation uint64) {
 	s.generation = generation
 }
 
-func (c *tokenCache) len() int {
-	n := 0
-	for i := range c.shards {
-		c.shards[i].mu.Lock()
-		n += len(c.shards[i].entries)
-		c.shards[i].mu.Unlock()
-	}
-	return n
-}
-
 func tokenKey(token string) [32]byte { return sha256.Sum256([]byte(token)) }

@@ -237,7 +237,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			secret = ""
 		}
 		if _, err := staticKeys(secret, h.PublicKeys, allowed); err != nil {
-			return fmt.Errorf("jwt_auth: %v, at %s:%d", err, d.File(), directiveLine)
+			return fmt.Errorf("jwt_auth: %w, at %s:%d", err, d.File(), directiveLine)
 		}
 	}
 	if h.Realm != "" && (hasControl(h.Realm) || strings.ContainsAny(h.Realm, "\"\\")) {

@@ -21,8 +21,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // Bounds of remote key set handling. They are documented in the README.
@@ -121,10 +122,7 @@ func (s *remoteKeySet) loaded() bool { return s.current.Load() != nil }
 // Retry-After of a 503, in whole seconds rounded up, at least 1.
 func (s *remoteKeySet) retryAfter() int {
 	d := time.Until(time.Unix(0, s.nextTry.Load()))
-	secs := int((d + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
+	secs := max(int((d+time.Second-1)/time.Second), 1)
 	return secs
 }
 
@@ -312,7 +310,7 @@ func (s *remoteKeySet) get(ctx context.Context, url string) ([]byte, http.Header
 // refreshInterval reads max-age from Cache-Control, clamped to
 // [jwksMinRefresh, jwksMaxRefresh]; jwksDefaultRefresh without one.
 func refreshInterval(cacheControl string) time.Duration {
-	for _, dir := range strings.Split(cacheControl, ",") {
+	for dir := range strings.SplitSeq(cacheControl, ",") {
 		name, value, _ := strings.Cut(strings.TrimSpace(dir), "=")
 		if !strings.EqualFold(name, "max-age") {
 			continue

@@ -217,3 +217,14 @@ func TestSameKeys(t *testing.T) {
 		t.Fatal("different sets equal")
 	}
 }
+
+// len counts the cached entries (tests only).
+func (c *tokenCache) len() int {
+	n := 0
+	for i := range c.shards {
+		c.shards[i].mu.Lock()
+		n += len(c.shards[i].entries)
+		c.shards[i].mu.Unlock()
+	}
+	return n
+}

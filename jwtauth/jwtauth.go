@@ -10,11 +10,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func init() {
@@ -511,7 +512,7 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, status int
 			challenge += `, scope="` + strings.Join(h.Scopes, " ") + `"`
 		}
 	}
-	w.Header().Set("WWW-Authenticate", challenge)
+	w.Header().Set("Www-Authenticate", challenge)
 	repl.Set("http.auth.jwt.error", reason.Error())
 	jwtMetrics.verifications.WithLabelValues(resultLabel(reason)).Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token refused"); c != nil {
@@ -570,7 +571,7 @@ func validHeaderName(name string) bool {
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+		if (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') && (c < '0' || c > '9') && strings.IndexByte("!#$%&'*+-.^_`|~", c) < 0 {
 			return false
 		}
 	}

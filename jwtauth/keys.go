@@ -79,7 +79,7 @@ func (s algSet) has(a alg) bool { return s&(1<<a) != 0 }
 
 func (s algSet) String() string {
 	names := make([]string, 0, bits.OnesCount16(uint16(s)))
-	for a := alg(0); a < numAlgs; a++ {
+	for a := range numAlgs {
 		if s.has(a) {
 			names = append(names, a.String())
 		}
@@ -107,14 +107,13 @@ func parseAlgSet(names []string) (algSet, error) {
 // hmacMinLen is the shortest secret accepted for an HMAC algorithm: the
 // size of its hash (RFC 7518 §3.2).
 func hmacMinLen(a alg) int {
-	switch a {
-	case algHS384:
+	if a == algHS384 {
 		return 48
-	case algHS512:
-		return 64
-	default:
-		return 32
 	}
+	if a == algHS512 {
+		return 64
+	}
+	return 32
 }
 
 // minRSABits is the smallest RSA modulus accepted (RFC 7518 §3.3).

@@ -44,8 +44,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	}
 	for _, c := range []prometheus.Collector{m.verifications, m.jwksFetches, m.cache} {
 		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
+			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
 				return err
 			}
 		}

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs golangci-lint with .golangci.yml when it is installed (it is not
-# fetched here: CI must not depend on a download). go vet always runs.
+# Runs go vet, and golangci-lint with .golangci.yml when it is installed
+# (`go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest`;
+# it is not fetched here: CI must not depend on a download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go vet ./...
-if command -v golangci-lint >/dev/null 2>&1; then
-  golangci-lint run ./...
+lint=$(command -v golangci-lint || true)
+[ -n "$lint" ] || { [ -x "$(go env GOPATH)/bin/golangci-lint" ] && lint="$(go env GOPATH)/bin/golangci-lint"; } || true
+if [ -n "$lint" ]; then
+  "$lint" run ./...
 else
   echo "golangci-lint not installed; ran go vet only" >&2
 fi

@@ -22,8 +22,8 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 
-echo "== go vet"
-go vet ./...
+echo "== go vet (and golangci-lint when installed)"
+bash scripts/lint.sh
 
 echo "== build caddy with xcaddy"
 bin="$tmp/caddy"

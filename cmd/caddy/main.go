@@ -4,11 +4,11 @@
 package main
 
 import (
+	_ "github.com/caddygateway/caddy-gateway"
+
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	_ "github.com/caddygateway/caddy-gateway"
 )
 
 func main() {

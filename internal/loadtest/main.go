@@ -45,7 +45,7 @@ func main() {
 }
 
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := new(net.ListenConfig).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
 	}
@@ -54,11 +54,11 @@ func freeAddr() string {
 }
 
 func run(ctx context.Context, caddyBin string, n, conc, rounds int) error {
-	upstream := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	upstream := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"ok":true,"user":"`+r.Header.Get("X-User-Id")+`"}`)
+		_, _ = io.WriteString(w, `{"ok":true}`)
 	})}
-	ul, err := net.Listen("tcp", "127.0.0.1:0")
+	ul, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
@@ -117,7 +117,8 @@ http://%s {
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc * 2, MaxConnsPerHost: conc * 2}, Timeout: 10 * time.Second}
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if resp, err := client.Get("http://" + gw + "/"); err == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+gw+"/", nil)
+		if resp, err := client.Do(req); err == nil {
 			resp.Body.Close()
 			break
 		}
@@ -129,7 +130,7 @@ http://%s {
 	fmt.Printf("gateway stack: %s + reverse_proxy; %d requests x %d rounds per site, %d concurrent, loopback\n",
 		strings.Join(names, " + "), n, rounds, conc)
 	var plainRes, gwRes []result
-	for r := 0; r < rounds; r++ {
+	for range rounds {
 		pr, err := load(ctx, client, "http://"+plain+"/", "", n, conc)
 		if err != nil {
 			return err
@@ -181,10 +182,8 @@ func load(ctx context.Context, client *http.Client, url, token string, n, conc i
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range conc {
+		wg.Go(func() {
 			for {
 				i := next.Add(1) - 1
 				if i >= int64(n) || ctx.Err() != nil {
@@ -207,7 +206,7 @@ func load(ctx context.Context, client *http.Client, url, token string, n, conc i
 					failed.Add(1)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
