@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -69,32 +68,6 @@ func (u *aggUpstream) last(t *testing.T) *http.Request {
 		t.Fatal("backend was never called")
 	}
 	return u.reqs[len(u.reqs)-1]
-}
-
-// aggDo is do, retrying a bodiless request whose connection was reset
-// before any response: right after a config load the previous config's
-// server, shutting down with grace_period 1ns, can still accept a new
-// connection on the shared listener and then close it. That is a harness
-// race, not a gateway behaviour, so it is retried rather than failed.
-func aggDo(t *testing.T, tc *caddytest.Tester, req *http.Request) (*http.Response, string) {
-	t.Helper()
-	for attempt := 0; ; attempt++ {
-		resp, err := tc.Client.Do(req)
-		if err != nil && attempt < 3 && req.Body == nil &&
-			(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)) {
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatalf("reading body: %v", err)
-		}
-		return resp, string(body)
-	}
 }
 
 // aggClosedURL is an http URL on a loopback port nobody listens on.
@@ -152,7 +125,7 @@ func TestAggregateEnvelopeAllSucceeded(t *testing.T) {
 			target items.1
 		}
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/dash"))
+	resp, body := do(t, tc, get(t, "/dash"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -187,7 +160,7 @@ func TestAggregateOptionalFailureGivesPartial200(t *testing.T) {
 		}
 		backend gone `+aggClosedURL()+`/x
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Aggregate-Complete") != "false" {
 		t.Fatalf("status %d complete %q: %s", resp.StatusCode, resp.Header.Get("X-Aggregate-Complete"), body)
 	}
@@ -213,7 +186,7 @@ func TestAggregateRequiredFailureGives502(t *testing.T) {
 			required
 		}
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Aggregate-Complete") != "false" {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -233,7 +206,7 @@ func TestAggregateAllFailedGives502(t *testing.T) {
 		backend a `+bad.URL+`
 		backend b `+aggClosedURL()+`
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -260,7 +233,7 @@ func TestAggregateAllTimedOutGives504(t *testing.T) {
 		timeout 200ms
 	}`)
 	start := time.Now()
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -281,7 +254,7 @@ func TestAggregateAllTimedOutGives504(t *testing.T) {
 			timeout 50ms
 		}
 	}`)
-	resp, body = aggDo(t, tc, get(t, "/"))
+	resp, body = do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("required timeout: status %d: %s", resp.StatusCode, body)
 	}
@@ -350,7 +323,7 @@ func TestAggregateTooLarge(t *testing.T) {
 		backend small `+small.URL+`
 		max_body 2KB
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -380,7 +353,7 @@ func TestAggregateInvalidJSON(t *testing.T) {
 	good := newAggUpstream(t, aggJSON(` [1, 2] `))
 	fmt.Fprintf(&site, "backend good %s\n}", good.URL)
 	tc := gateway(t, "", site.String())
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -405,7 +378,7 @@ func TestAggregateUnreachable(t *testing.T) {
 	aggregate {
 		backend a `+aggClosedURL()+`/a
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway || body != `{"data":{"a":null},"errors":[{"backend":"a","code":"unreachable"}]}` {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -420,7 +393,7 @@ func TestAggregateRedirectNotFollowed(t *testing.T) {
 	aggregate {
 		backend r `+redirect.URL+`
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/"))
+	resp, body := do(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway || body != `{"data":{"r":null},"errors":[{"backend":"r","code":"status","status":302}]}` {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -443,13 +416,13 @@ func TestAggregatePathValueDotDotRefused(t *testing.T) {
 	for _, q := range []string{
 		"/?id=..&x=1", "/?id=.", "/?id=", "/", "/?id=%00", "/?id=a%0d%0aX-Evil:%201", "/?id=%7f",
 	} {
-		resp, body := aggDo(t, tc, get(t, q, "X-Id", "ok"))
+		resp, body := do(t, tc, get(t, q, "X-Id", "ok"))
 		if resp.StatusCode != http.StatusBadRequest || body != "refused 400" {
 			t.Errorf("%s: status %d %q, want 400 through handle_errors", q, resp.StatusCode, body)
 		}
 	}
 	for _, h := range []string{"..", "."} {
-		resp, _ := aggDo(t, tc, get(t, "/?id=ok", "X-Id", h))
+		resp, _ := do(t, tc, get(t, "/?id=ok", "X-Id", h))
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("header value %q: status %d, want 400", h, resp.StatusCode)
 		}
@@ -458,7 +431,7 @@ func TestAggregatePathValueDotDotRefused(t *testing.T) {
 		t.Fatalf("backends were called %d times for refused requests", n)
 	}
 	// And a good value gets through.
-	resp, body := aggDo(t, tc, get(t, "/?id=u1", "X-Id", "h1"))
+	resp, body := do(t, tc, get(t, "/?id=u1", "X-Id", "h1"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -479,7 +452,7 @@ func TestAggregatePathValueEscaping(t *testing.T) {
 		{"id=%252e%252e", "/users/%252e%252e/profile", "/users/%2e%2e/profile"},
 	} {
 		before := up.hits.Load()
-		resp, body := aggDo(t, tc, get(t, "/?"+tt.query))
+		resp, body := do(t, tc, get(t, "/?"+tt.query))
 		if tt.path == "" {
 			if resp.StatusCode != http.StatusBadRequest || up.hits.Load() != before {
 				t.Errorf("%s: status %d, hits %d; want 400 and no call", tt.query, resp.StatusCode, up.hits.Load()-before)
@@ -502,7 +475,7 @@ func TestAggregateQueryValueEscaped(t *testing.T) {
 	aggregate {
 		backend search `+up.URL+`/search?q={query.q}&user=1
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/?q=a%26user%3D2"))
+	resp, body := do(t, tc, get(t, "/?q=a%26user%3D2"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -530,7 +503,7 @@ func TestAggregateOnlyForwardedHeadersArrive(t *testing.T) {
 		backend b `+up.URL+`/b
 		forward_headers Authorization X-Tenant
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/",
+	resp, body := do(t, tc, get(t, "/",
 		"Authorization", "Bearer abc",
 		"Cookie", "session=secret",
 		"X-Tenant", "t1",
@@ -573,7 +546,7 @@ func TestAggregateOnlyForwardedHeadersArrive(t *testing.T) {
 	// Nothing forwarded, and a header line from X-Request-Id (a client
 	// header): still private. A plain request to a site without either is
 	// cacheable (see TestAggregateEnvelopeAllSucceeded).
-	resp, _ = aggDo(t, tc, get(t, "/"))
+	resp, _ = do(t, tc, get(t, "/"))
 	if cc := resp.Header.Get("Cache-Control"); cc != "private, no-store" {
 		t.Errorf("Cache-Control %q for a response built from a client header", cc)
 	}
@@ -597,7 +570,7 @@ func TestAggregateMethodHeaderTarget(t *testing.T) {
 			target deep.nope
 		}
 	}`)
-	resp, body := aggDo(t, tc, get(t, "/?q=hello"))
+	resp, body := do(t, tc, get(t, "/?q=hello"))
 	want := `{"data":{"post":"hello","whole":{"method":"DELETE","len":0,"deep":{"list":[{"v":"x"},{"v":""}]}},"missing":null}}`
 	if resp.StatusCode != http.StatusOK || body != want {
 		t.Fatalf("status %d\n got %s\nwant %s", resp.StatusCode, body, want)
@@ -627,7 +600,7 @@ func TestAggregateIdentityFromJWTInURL(t *testing.T) {
 		}
 		return "Bearer " + s
 	}
-	resp, body := aggDo(t, tc, get(t, "/", "Authorization", tok("alice")))
+	resp, body := do(t, tc, get(t, "/", "Authorization", tok("alice")))
 	if resp.StatusCode != http.StatusOK || body != `{"data":{"me":{"path":"/users/alice","x_user_id":"alice"}}}` {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -635,18 +608,18 @@ func TestAggregateIdentityFromJWTInURL(t *testing.T) {
 		t.Errorf("identity response Cache-Control %q", cc)
 	}
 	// A subject with a slash stays one segment.
-	resp, body = aggDo(t, tc, get(t, "/", "Authorization", tok("../admin")))
+	resp, body = do(t, tc, get(t, "/", "Authorization", tok("../admin")))
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"path":"/users/..%2Fadmin"`) {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
 	before := up.hits.Load()
 	for _, sub := range []string{"..", ".", "a\x00b"} {
-		resp, _ = aggDo(t, tc, get(t, "/", "Authorization", tok(sub)))
+		resp, _ = do(t, tc, get(t, "/", "Authorization", tok(sub)))
 		if resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("sub %q: status %d, want 400", sub, resp.StatusCode)
 		}
 	}
-	resp, _ = aggDo(t, tc, get(t, "/", "Authorization", tok("..")))
+	resp, _ = do(t, tc, get(t, "/", "Authorization", tok("..")))
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("sub \"..\": status %d, want 400", resp.StatusCode)
 	}
@@ -664,7 +637,7 @@ func TestAggregateConnectionsReused(t *testing.T) {
 		backend c `+up.URL+`/c
 	}`)
 	for range 30 {
-		if resp, body := aggDo(t, tc, get(t, "/")); resp.StatusCode != http.StatusOK {
+		if resp, body := do(t, tc, get(t, "/")); resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 	}

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,7 +122,8 @@ func do(t *testing.T, tc *caddytest.Tester, req *http.Request) (*http.Response, 
 	// Right after a config load the old server, sharing the listener, may
 	// accept a connection and reset it while it shuts down: the request
 	// never reached a handler, so a body-less request is sent again.
-	for try := 0; err != nil && req.Body == nil && try < 3 && !errors.Is(err, context.DeadlineExceeded); try++ {
+	for try := 0; err != nil && req.Body == nil && try < 3 &&
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)); try++ {
 		time.Sleep(50 * time.Millisecond)
 		resp, err = tc.Client.Do(req)
 	}
