@@ -9,7 +9,7 @@ MODULE        := github.com/caddygateway/caddy-gateway
 WITH          := $(MODULE)@v0.0.0-00010101000000-000000000000=$(CURDIR)
 BIN           ?= bin/caddy
 
-.PHONY: build run test lint bench load token clean
+.PHONY: build run test lint fuzz bench load token clean
 
 build:
 	go tool xcaddy build $(CADDY_VERSION) --output $(BIN) --with $(WITH)
@@ -25,6 +25,9 @@ lint:
 
 bench:
 	go test -run '^$$' -bench . -benchmem ./jwtauth/... ./ratelimit/... ./aggregate/...
+
+fuzz:
+	FUZZTIME=$${FUZZTIME:-60s} bash scripts/fuzz.sh
 
 load:
 	bash scripts/load.sh

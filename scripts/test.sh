@@ -15,6 +15,9 @@ export HOME="$tmp/home" XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" 
 export GOCACHE="${GOCACHE:-$(go env GOCACHE)}" GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"
 mkdir -p "$HOME"
 
+echo "== install what the tests need (redis-server, redis-cli, chromium)"
+bash scripts/deps.sh
+
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
@@ -22,7 +25,7 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 
-echo "== go vet (and golangci-lint when installed)"
+echo "== go vet and golangci-lint (pinned)"
 bash scripts/lint.sh
 
 echo "== build caddy with xcaddy"
@@ -33,3 +36,6 @@ export CADDY_BIN="$bin"
 echo "== go test -race"
 # -p 1: the integration package runs one in-process Caddy; keep packages serial.
 go test -race -count=1 -p 1 -timeout 30m ./...
+
+echo "== fuzz targets (${FUZZTIME:-3s} each)"
+bash scripts/fuzz.sh
