@@ -59,7 +59,6 @@ func TestCaddyfileAdapt(t *testing.T) {
 			if got != expected {
 				if os.Getenv("UPDATE_GOLDEN") == "1" {
 					out := strings.TrimRight(caddyfile, "\n") + "\n----------\n" + got + "\n"
-					// file comes from the Glob of testdata above, not from input.
 					if err := os.WriteFile(file, []byte(out), 0o600); err != nil { //nolint:gosec // G703: file is a testdata path from Glob
 						t.Fatal(err)
 					}
