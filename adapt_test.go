@@ -8,10 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	_ "github.com/caddygateway/caddy-gateway"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	_ "github.com/caddygateway/caddy-gateway"
 )
 
 // TestCaddyfileAdapt runs every testdata/caddyfile_adapt/*.caddyfiletest:
@@ -59,7 +59,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 			if got != expected {
 				if os.Getenv("UPDATE_GOLDEN") == "1" {
 					out := strings.TrimRight(caddyfile, "\n") + "\n----------\n" + got + "\n"
-					if err := os.WriteFile(file, []byte(out), 0o644); err != nil {
+					if err := os.WriteFile(file, []byte(out), 0o600); err != nil { //nolint:gosec // G703: file is a testdata path from Glob
 						t.Fatal(err)
 					}
 					return

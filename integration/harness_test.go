@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddygateway/caddy-gateway"
 	"github.com/caddyserver/certmagic"
 
-	_ "github.com/caddygateway/caddy-gateway"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 // Ports of the in-process Caddy, chosen free once per test process so that
@@ -55,7 +56,7 @@ func TestMain(m *testing.M) {
 }
 
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
 	}
@@ -147,7 +148,7 @@ func get(t *testing.T, path string, headers ...string) *http.Request {
 
 func request(t *testing.T, method, path string, headers ...string) *http.Request {
 	t.Helper()
-	req, err := http.NewRequest(method, siteURL(path), nil)
+	req, err := http.NewRequestWithContext(context.Background(), method, siteURL(path), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ func TestRegisterTwiceIsFine(t *testing.T) {
 	if err := Register(reg, c); err != nil {
 		t.Fatalf("second registration: %v", err)
 	}
-	other := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x_total", Help: "y"})
+	other := prometheus.NewCounter(prometheus.CounterOpts{Name: "x_total", Help: "another help text"})
 	if err := Register(reg, other); err == nil {
 		t.Fatal("a different collector under the same name was accepted")
 	}
