@@ -156,7 +156,9 @@ func run(ctx context.Context, caddyBin string, n, conc, rounds int, only string)
 			continue
 		}
 		sc.addr = freeAddr()
-		fmt.Fprintf(&cfg, "http://%s {\n\tbind 127.0.0.1\n\t%s\n}\n", sc.addr, sc.site)
+		// The header tells this caddy's answers from those of another
+		// process that took a port between freeAddr and caddy's bind.
+		fmt.Fprintf(&cfg, "http://%s {\n\tbind 127.0.0.1\n\theader X-Load-Scenario %s\n\t%s\n}\n", sc.addr, sc.name, sc.site)
 	}
 	cfgFile := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfgFile, []byte(cfg.String()), 0o600); err != nil {
@@ -180,7 +182,7 @@ func run(ctx context.Context, caddyBin string, n, conc, rounds int, only string)
 		if sc.skip != "" {
 			continue
 		}
-		if err := waitUp(ctx, client, "http://"+sc.addr+"/", tok); err != nil {
+		if err := waitUp(ctx, client, "http://"+sc.addr+"/", tok, sc.name); err != nil {
 			return fmt.Errorf("scenario %s: %w\ncaddy output:\n%s", sc.name, err, logs.String())
 		}
 	}
@@ -200,7 +202,10 @@ func run(ctx context.Context, caddyBin string, n, conc, rounds int, only string)
 	fmt.Printf("caddy-gateway load: %d requests x %d rounds per scenario, %d concurrent clients, loopback; every request carries the same Authorization header (RS256 token)\n",
 		n, rounds, conc)
 	for round := range rounds {
-		for _, sc := range scenarios {
+		// Each round starts with the next scenario, so that none always
+		// runs first (or right after the same neighbour).
+		order := append(slices.Clone(scenarios[round%len(scenarios):]), scenarios[:round%len(scenarios)]...)
+		for _, sc := range order {
 			if sc.skip != "" {
 				continue
 			}
@@ -309,7 +314,7 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-func waitUp(ctx context.Context, client *http.Client, url, tok string) error {
+func waitUp(ctx context.Context, client *http.Client, url, tok, name string) error {
 	var last string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -321,6 +326,9 @@ func waitUp(ctx context.Context, client *http.Client, url, tok string) error {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		if got := resp.Header.Get("X-Load-Scenario"); got != name {
+			return fmt.Errorf("%s is answered by another server (X-Load-Scenario %q): run again", url, got)
+		}
 		if resp.StatusCode == http.StatusOK {
 			return nil
 		}
