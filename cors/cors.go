@@ -55,12 +55,30 @@ const (
 	hdrMaxAge                = "Access-Control-Max-Age"
 )
 
-// answerHeaders are the response headers that make up a CORS answer. The
-// gateway's answer is the only one: whatever a later handler or an upstream
-// sets under these names is removed before the response goes out.
-var answerHeaders = [...]string{
-	hdrAllowOrigin, hdrAllowCredentials, hdrAllowMethods, hdrAllowHeaders,
-	hdrAllowPrivateNetwork, hdrExposeHeaders, hdrMaxAge,
+// removeAnswer deletes the response headers that make up a CORS answer,
+// in any spelling of their names. The gateway's answer is the only one:
+// whatever a later handler or an upstream sets under these names goes.
+func removeAnswer(hdr http.Header) {
+	// one pass over the (small) map is cheaper than a lookup per name
+	for k := range hdr {
+		if len(k) > len(acPrefix) && strings.EqualFold(k[:len(acPrefix)], acPrefix) && isAnswerName(k[len(acPrefix):]) {
+			delete(hdr, k)
+		}
+	}
+}
+
+const acPrefix = "Access-Control-"
+
+func isAnswerName(rest string) bool {
+	for _, n := range [...]string{
+		"Allow-Origin", "Allow-Credentials", "Allow-Methods", "Allow-Headers",
+		"Allow-Private-Network", "Expose-Headers", "Max-Age",
+	} {
+		if strings.EqualFold(rest, n) {
+			return true
+		}
+	}
+	return false
 }
 
 // Handler answers cross-origin requests (the CORS protocol of the Fetch
@@ -339,12 +357,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// echoed byte for byte: browsers compare it with their own serialisation
 		cw.origin = origins[0]
 	}
-	// set now as well as at WriteHeader: an error returned by a later
-	// handler is written by the server, or by handle_errors, on this same
-	// header map, without passing through cw
-	cw.answer()
 	err := next.ServeHTTP(cw, r)
-	if err != nil && !cw.wroteHeader {
+	if !cw.wroteHeader {
+		// nothing written yet: the server writes the response after us,
+		// an error (401, 429, 502...) directly or through handle_errors,
+		// on this same header map but without passing through cw
 		cw.answer()
 	}
 	return err
@@ -353,9 +370,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // preflight answers a CORS-preflight request.
 func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, origins []string) {
 	hdr := w.Header()
-	for _, k := range answerHeaders {
-		delete(hdr, k)
-	}
+	removeAnswer(hdr)
 	addVary(hdr, nil, h.preflightVary...)
 
 	origin := origins[0]
@@ -377,22 +392,28 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, origins []st
 	if h.origins.any {
 		origin = "*"
 	}
-	hdr.Set(hdrAllowOrigin, origin)
-	if h.Credentials {
-		hdr.Set(hdrAllowCredentials, "true")
+	// one backing array for the values, rather than one per header
+	vals := make([]string, 6)
+	set := func(i int, k, v string) {
+		vals[i] = v
+		hdr[k] = vals[i : i+1 : i+1]
 	}
-	hdr.Set(hdrAllowMethods, h.allowMethods)
+	set(0, hdrAllowOrigin, origin)
+	if h.Credentials {
+		set(1, hdrAllowCredentials, "true")
+	}
+	set(2, hdrAllowMethods, h.allowMethods)
 	switch {
 	case !h.anyHeader:
-		hdr.Set(hdrAllowHeaders, h.allowHeaders)
+		set(3, hdrAllowHeaders, h.allowHeaders)
 	case strings.TrimSpace(requested) != "":
-		hdr.Set(hdrAllowHeaders, requested)
+		set(3, hdrAllowHeaders, requested)
 	default:
-		hdr.Set(hdrAllowHeaders, "*")
+		set(3, hdrAllowHeaders, "*")
 	}
-	hdr.Set(hdrMaxAge, h.maxAge)
+	set(4, hdrMaxAge, h.maxAge)
 	if h.PrivateNetwork && strings.EqualFold(r.Header.Get(hdrRequestPrivateNetwork), "true") {
-		hdr.Set(hdrAllowPrivateNetwork, "true")
+		set(5, hdrAllowPrivateNetwork, "true")
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -404,7 +425,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why string) {
 		c.Write(zap.String("reason", why),
 			zap.String("origin", r.Header.Get(hdrOrigin)),
 			zap.String("method", r.Header.Get(hdrRequestMethod)),
-			zap.String("headers", r.Header.Get(hdrRequestHeaders)))
+			zap.Strings("headers", r.Header[hdrRequestHeaders]))
 	}
 	w.WriteHeader(http.StatusForbidden)
 }
@@ -450,9 +471,7 @@ type responseWriter struct {
 // answer writes the handler's CORS answer into the response header.
 func (cw *responseWriter) answer() {
 	hdr := cw.ResponseWriter.Header()
-	for _, k := range answerHeaders {
-		delete(hdr, k)
-	}
+	removeAnswer(hdr)
 	h := cw.h
 	if !h.origins.any {
 		addVary(hdr, cw.vals[3:4:4], hdrOrigin)
