@@ -130,7 +130,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	if len(h.Origins) == 0 {
-		return d.Err("cors: origins is required")
+		return d.Err("origins is required")
 	}
 	return nil
 }
