@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,6 +171,9 @@ func waitStatus(t *testing.T, tc interface {
 	var last int
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		resp, err := tc.Do(get(t, "/", "Authorization", bearer(tok)))
+		if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) {
+			continue // a connection to the previous config's server, reset
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

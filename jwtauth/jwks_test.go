@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -77,7 +78,10 @@ func TestParseJWKSKeyRules(t *testing.T) {
 func TestRefreshInterval(t *testing.T) {
 	for cc, want := range map[string]time.Duration{
 		"":                            jwksDefaultRefresh,
-		"no-cache":                    jwksDefaultRefresh,
+		"no-cache":                    jwksMinRefresh,
+		"no-store":                    jwksMinRefresh,
+		"No-Store, max-age=3600":      jwksMinRefresh,
+		"max-age=3600, no-cache":      jwksMinRefresh,
 		"public, max-age=3600":        time.Hour,
 		"max-age=5":                   jwksMinRefresh,
 		"max-age=99999999999999":      jwksMaxRefresh,
@@ -125,15 +129,25 @@ func TestTokenCache(t *testing.T) {
 	}
 }
 
+func testCounters(t testing.TB) *counters {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	c, err := newCounters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
 
 // A token verified once is served from the cache, with its time claims
 // checked on every hit.
 func TestHandlerCacheRechecksTime(t *testing.T) {
 	now := testNow
-	h := &Handler{now: func() time.Time { return now }}
+	h := &Handler{now: func() time.Time { return now }, counters: testCounters(t)}
 	keys, _ := staticKeys(testSecret, nil, allAlgSet)
-	h.verifier = newVerifier(staticKeySet(keys), keys[0].algs, 0, 0, nil, nil, nil, nil, false, h.now)
+	h.verifier = newVerifier(verifierConfig{keys: staticKeySet(keys), allowed: keys[0].algs, now: h.now})
 	h.cache = newTokenCache()
 	tok := hs256(t, `{"sub":"a","exp":1800000010}`)
 	if _, err := h.verify(context.Background(), tok); err != nil {
@@ -161,7 +175,7 @@ func BenchmarkVerifyCached(b *testing.B) {
 	for i, tc := range benchAlgs {
 		b.Run(tc.name, func(b *testing.B) {
 			v, token := benchSetup(b, i)
-			h := &Handler{now: frozen, verifier: v, cache: newTokenCache()}
+			h := &Handler{now: frozen, verifier: v, cache: newTokenCache(), counters: testCounters(b)}
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := h.verify(context.Background(), token); err != nil {

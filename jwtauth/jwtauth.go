@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -167,14 +169,15 @@ type Handler struct {
 	// Realm of the WWW-Authenticate challenge. Default: "restricted".
 	Realm string `json:"realm,omitempty"`
 
-	verifier    *verifier
-	cache       *tokenCache
-	poolKeys    []string
-	sources     []source
-	headerNames []string // canonical names of the identity headers
-	challenge   string   // `Bearer realm="..."`
-	logger      *zap.Logger
-	now         func() time.Time
+	verifier  *verifier
+	cache     *tokenCache
+	poolKeys  []string
+	sources   []source
+	identity  []identityHeader
+	challenge string // `Bearer realm="..."`
+	counters  *counters
+	logger    *zap.Logger
+	now       func() time.Time
 }
 
 // HeaderSource is a request header a token is read from.
@@ -196,10 +199,14 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 const (
 	defaultLeeway = 30 * time.Second
-	defaultRealm  = "restricted"
+	// maxLeeway bounds leeway: beyond it exp means little.
+	maxLeeway    = time.Hour
+	defaultRealm = "restricted"
 )
 
-// Provision loads the keys and compiles the rules.
+// Provision checks the configuration, reads the keys and compiles the
+// rules. Remote key sets are taken (and their fetching started) last, once
+// everything else is known good.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.now == nil {
@@ -211,73 +218,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Realm == "" {
 		h.Realm = defaultRealm
 	}
+	// Nothing is read, fetched or started for a config that is not valid.
+	if err := h.Validate(); err != nil {
+		return err
+	}
 	leeway := defaultLeeway
 	if h.Leeway != nil {
 		leeway = time.Duration(*h.Leeway)
 	}
+	allowed, _ := parseAlgSet(h.Algorithms) // checked by Validate
 
-	allowed, err := parseAlgSet(h.Algorithms)
-	if err != nil {
-		return fmt.Errorf("algorithms: %w", err)
-	}
-	repl := caddy.NewReplacer()
-	secret := repl.ReplaceKnown(h.Secret, "")
-	if h.Secret != "" && secret == "" {
-		return errors.New("secret: placeholder expanded to an empty secret")
-	}
-	keys, err := staticKeys(secret, h.PublicKeys, allowed)
+	keys, err := h.loadStaticKeys(allowed)
 	if err != nil {
 		return err
-	}
-	for _, f := range h.JWKSFiles {
-		fileKeys, skipped, err := loadJWKSFile(f)
-		if err != nil {
-			return fmt.Errorf("jwks_file: %w", err)
-		}
-		for _, msg := range skipped {
-			h.logger.Warn("jwks_file key skipped", zap.String("file", f), zap.String("reason", msg))
-		}
-		kept := 0
-		for _, k := range fileKeys {
-			if k.algs &= allowed; k.algs != 0 {
-				keys = append(keys, k)
-				kept++
-			}
-		}
-		if kept == 0 {
-			return fmt.Errorf("jwks_file %s: no key allows any of algorithms", f)
-		}
 	}
 	var union algSet
 	for _, k := range keys {
 		union |= k.algs
 	}
-	if err := jwtMetrics.register(ctx.GetMetricsRegistry()); err != nil {
-		return err
-	}
-	var remote []*remoteKeySet
-	for _, u := range h.JWKSURLs {
-		rs, err := h.loadRemote("jwks:"+u, "", u)
-		if err != nil {
-			return err
-		}
-		remote = append(remote, rs)
-	}
-	for _, iss := range h.OIDCIssuers {
-		rs, err := h.loadRemote("oidc:"+iss, iss, "")
-		if err != nil {
-			return err
-		}
-		remote = append(remote, rs)
-	}
-	if len(remote) > 0 {
+	if len(h.JWKSURLs) > 0 || len(h.OIDCIssuers) > 0 {
 		union |= allowed
 	}
-	issuers := append(append([]string(nil), h.Issuers...), h.OIDCIssuers...)
-	h.verifier = newVerifier(staticKeySet(keys), union, leeway, time.Duration(h.MaxLifetime),
-		issuers, h.Audiences, h.Require, h.Types, h.AllowNoExp, h.now)
-	h.verifier.remote = remote
-	h.cache = newTokenCache()
+	if h.counters, err = newCounters(ctx); err != nil {
+		return err
+	}
 
 	h.sources = h.sources[:0]
 	for _, s := range h.FromHeader {
@@ -292,25 +256,84 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.sources) == 0 {
 		h.sources = []source{{kind: sourceHeader, name: "Authorization", prefix: "Bearer"}}
 	}
-	h.headerNames = h.headerNames[:0]
-	for name := range h.Headers {
-		h.headerNames = append(h.headerNames, http.CanonicalHeaderKey(name))
+	h.identity = h.identity[:0]
+	for name, path := range h.Headers {
+		h.identity = append(h.identity, identityHeader{name: http.CanonicalHeaderKey(name), path: path})
 	}
-	h.challenge = `Bearer realm="` + strings.ReplaceAll(strings.ReplaceAll(h.Realm, `\`, `\\`), `"`, `\"`) + `"`
+	slices.SortFunc(h.identity, func(a, b identityHeader) int { return strings.Compare(a.name, b.name) })
+	h.challenge = `Bearer realm="` + h.Realm + `"`
+	h.cache = newTokenCache()
+
+	// Side effects last: a remote set starts fetching when first taken.
+	var remote []*remoteKeySet
+	for _, u := range h.JWKSURLs {
+		remote = append(remote, h.loadRemote("jwks:"+u, "", u))
+	}
+	for _, iss := range h.OIDCIssuers {
+		remote = append(remote, h.loadRemote("oidc:"+iss, iss, ""))
+	}
+	h.verifier = newVerifier(verifierConfig{
+		keys:        staticKeySet(keys),
+		remote:      remote,
+		allowed:     union,
+		leeway:      leeway,
+		maxLifetime: time.Duration(h.MaxLifetime),
+		issuers:     append(slices.Clip(h.Issuers), h.OIDCIssuers...),
+		audiences:   h.Audiences,
+		require:     h.Require,
+		types:       h.Types,
+		allowNoExp:  h.AllowNoExp,
+		now:         h.now,
+	})
 	return nil
+}
+
+// loadStaticKeys reads the secret (placeholders expanded), the PEM files
+// and the local JWK Sets, each key pinned to its algorithms. Errors name
+// the subdirective and the file.
+func (h *Handler) loadStaticKeys(allowed algSet) ([]verificationKey, error) {
+	secret := caddy.NewReplacer().ReplaceKnown(h.Secret, "")
+	if h.Secret != "" && secret == "" {
+		return nil, errors.New("secret: placeholder expanded to an empty secret")
+	}
+	keys, err := staticKeys(secret, h.PublicKeys, allowed)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range h.JWKSFiles {
+		fileKeys, skipped, err := loadJWKSFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("jwks_file: %w", err)
+		}
+		if len(skipped) > 0 {
+			h.logger.Warn("jwks_file keys skipped", zap.String("file", f),
+				zap.Int("skipped", len(skipped)), zap.Strings("reasons", firstReasons(skipped)))
+		}
+		kept := 0
+		for _, k := range fileKeys {
+			if k.algs &= allowed; k.algs != 0 {
+				keys = append(keys, k)
+				kept++
+			}
+		}
+		if kept == 0 {
+			return nil, fmt.Errorf("jwks_file %s: no key allows any of algorithms", f)
+		}
+	}
+	return keys, nil
 }
 
 // loadRemote takes a remote key set from the pool, starting it when no
 // other handler (of this config or the previous one) holds it.
-func (h *Handler) loadRemote(poolKey, issuer, url string) (*remoteKeySet, error) {
-	val, _, err := remoteSets.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return newRemoteKeySet(issuer, url, h.logger, jwtMetrics), nil
+func (h *Handler) loadRemote(poolKey, issuer, url string) *remoteKeySet {
+	val, _, _ := remoteSets.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		return newRemoteKeySet(issuer, url, h.logger), nil
 	})
-	if err != nil {
-		return nil, err
-	}
 	h.poolKeys = append(h.poolKeys, poolKey)
-	return val.(*remoteKeySet), nil
+	rs := val.(*remoteKeySet)
+	// The set logs with the newest config's logger.
+	rs.logger.Store(h.logger)
+	return rs
 }
 
 // Cleanup releases the remote key sets; the last user stops their
@@ -323,36 +346,63 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration. It reads no file and starts nothing;
+// Provision calls it before it does either.
 func (h *Handler) Validate() error {
 	if h.Secret == "" && len(h.PublicKeys) == 0 && len(h.JWKSURLs) == 0 && len(h.JWKSFiles) == 0 && len(h.OIDCIssuers) == 0 {
 		return errors.New("no key: set at least one of secret, public_key, jwks_url, jwks_file, oidc_issuer")
 	}
-	for _, u := range append(append([]string(nil), h.JWKSURLs...), h.OIDCIssuers...) {
+	for _, u := range h.JWKSURLs {
 		if err := checkHTTPURL(u); err != nil {
-			return err
+			return fmt.Errorf("jwks_url: %w", err)
+		}
+	}
+	for _, u := range h.OIDCIssuers {
+		if err := checkHTTPURL(u); err != nil {
+			return fmt.Errorf("oidc_issuer: %w", err)
 		}
 	}
 	if _, err := parseAlgSet(h.Algorithms); err != nil {
 		return fmt.Errorf("algorithms: %w", err)
 	}
-	if h.Leeway != nil && *h.Leeway < 0 {
-		return errors.New("leeway must not be negative")
+	if h.Leeway != nil && (*h.Leeway < 0 || time.Duration(*h.Leeway) > maxLeeway) {
+		return fmt.Errorf("leeway: %s is outside 0..%s", time.Duration(*h.Leeway), maxLeeway)
 	}
 	if h.MaxLifetime < 0 {
-		return errors.New("max_lifetime must not be negative")
-	}
-	for name, path := range h.Headers {
-		if !validHeaderName(name) {
-			return fmt.Errorf("header: invalid header name %q", name)
-		}
-		if path == "" {
-			return fmt.Errorf("header %s: empty claim path", name)
-		}
+		return errors.New("max_lifetime: must not be negative")
 	}
 	for _, s := range h.FromHeader {
 		if !validHeaderName(s.Name) {
 			return fmt.Errorf("from_header: invalid header name %q", s.Name)
+		}
+	}
+	for _, c := range h.FromCookie {
+		if c == "" {
+			return errors.New("from_cookie: empty cookie name")
+		}
+	}
+	for _, q := range h.FromQuery {
+		if q == "" {
+			return errors.New("from_query: empty parameter name")
+		}
+	}
+	names := slices.Sorted(maps.Keys(h.Headers))
+	for i, name := range names {
+		if !validHeaderName(name) {
+			return fmt.Errorf("header: invalid header name %q", name)
+		}
+		if h.Headers[name] == "" {
+			return fmt.Errorf("header %s: empty claim path", name)
+		}
+		for _, other := range names[:i] {
+			if sameHeaderName(name, other) {
+				return fmt.Errorf("header %s: duplicate mapping (same header as %s)", name, other)
+			}
+		}
+		if src := h.tokenSourceHeader(name); src != "" {
+			// Identity headers are deleted from every request first: the
+			// token would be gone before it is read.
+			return fmt.Errorf("header %s: the token is read from %s; an identity header must be another header", name, src)
 		}
 	}
 	for path, values := range h.Claims {
@@ -366,13 +416,32 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
+// tokenSourceHeader returns the request header the token is read from that
+// name denotes (in any casing, `_` for `-`), or "".
+func (h *Handler) tokenSourceHeader(name string) string {
+	if len(h.FromHeader) == 0 && len(h.FromCookie) == 0 && len(h.FromQuery) == 0 {
+		if sameHeaderName(name, "Authorization") {
+			return "Authorization"
+		}
+	}
+	for _, s := range h.FromHeader {
+		if sameHeaderName(name, s.Name) {
+			return s.Name
+		}
+	}
+	if len(h.FromCookie) > 0 && sameHeaderName(name, "Cookie") {
+		return "Cookie"
+	}
+	return ""
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.deleteIdentityHeaders(r.Header)
 
 	if h.AllowPreflight && r.Method == http.MethodOptions &&
 		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
-		jwtMetrics.verifications.WithLabelValues("preflight").Inc()
+		h.counters.results[resultPreflight].Inc()
 		return next.ServeHTTP(w, r)
 	}
 
@@ -385,7 +454,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if token == "" {
 		if h.Optional {
 			// Anonymous: every {http.auth.user.*} is known and empty.
-			jwtMetrics.verifications.WithLabelValues("anonymous").Inc()
+			h.counters.results[resultAnonymous].Inc()
 			repl.Map(userClaims(nil).placeholder)
 			return next.ServeHTTP(w, r)
 		}
@@ -415,9 +484,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	var values [8]string
 	headerValues := values[:0]
-	for _, name := range h.headerNames {
+	for _, ih := range h.identity {
 		text := ""
-		if v, ok := lookupClaim(claims, h.Headers[name]); ok {
+		if v, ok := lookupClaim(claims, ih.path); ok {
 			text, _ = claimText(v)
 			if hasControl(text) {
 				return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", errClaimControl)
@@ -425,9 +494,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		headerValues = append(headerValues, text)
 	}
-	for i, name := range h.headerNames {
+	for i, ih := range h.identity {
 		if headerValues[i] != "" {
-			r.Header.Set(name, headerValues[i])
+			r.Header.Set(ih.name, headerValues[i])
 		}
 	}
 
@@ -437,7 +506,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.StripToken {
 		stripToken(r, src)
 	}
-	jwtMetrics.verifications.WithLabelValues("ok").Inc()
+	h.counters.results[resultOK].Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token verified"); c != nil {
 		c.Write(zap.String("user_id", userID))
 	}
@@ -454,13 +523,13 @@ func (h *Handler) verify(ctx context.Context, token string) (jwt.MapClaims, erro
 	gen := h.verifier.generation()
 	now := h.now()
 	if claims, ok := h.cache.get(&key, gen, now); ok {
-		jwtMetrics.cache.WithLabelValues("hit").Inc()
+		h.counters.cacheHit.Inc()
 		if err := h.verifier.checkClaims(claims); err != nil {
 			return nil, err
 		}
 		return claims, nil
 	}
-	jwtMetrics.cache.WithLabelValues("miss").Inc()
+	h.counters.cacheMiss.Inc()
 	claims, err := h.verifier.verify(ctx, token)
 	if err != nil {
 		return nil, err
@@ -514,207 +583,11 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, status int
 	}
 	w.Header().Set("Www-Authenticate", challenge)
 	repl.Set("http.auth.jwt.error", reason.Error())
-	jwtMetrics.verifications.WithLabelValues(resultLabel(reason)).Inc()
+	h.counters.results[resultOf(reason)].Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token refused"); c != nil {
 		c.Write(zap.Int("status", status), zap.String("reason", reason.Error()))
 	}
 	return caddyhttp.Error(status, reason)
-}
-
-// deleteIdentityHeaders removes every client-sent copy of the identity
-// headers: any casing, and with `_` in place of `-` (which some servers
-// behind the gateway treat as the same header).
-func (h *Handler) deleteIdentityHeaders(hdr http.Header) {
-	if len(h.headerNames) == 0 {
-		return
-	}
-	for key := range hdr {
-		for _, name := range h.headerNames {
-			if sameHeaderName(key, name) {
-				delete(hdr, key)
-				break
-			}
-		}
-	}
-}
-
-// sameHeaderName compares header names case-insensitively, treating `_` and
-// `-` as equal.
-func sameHeaderName(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if x == '_' {
-			x = '-'
-		}
-		if y == '_' {
-			y = '-'
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') && (c < '0' || c > '9') && strings.IndexByte("!#$%&'*+-.^_`|~", c) < 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// userClaims serves {http.auth.user.<path>} from verified claims, lazily.
-type userClaims map[string]any
-
-const userPlaceholderPrefix = "http.auth.user."
-
-func (c userClaims) placeholder(key string) (any, bool) {
-	if !strings.HasPrefix(key, userPlaceholderPrefix) {
-		return nil, false
-	}
-	// Known but empty when the claim is absent, null or unfit for a header,
-	// so that no literal placeholder text ever reaches an upstream.
-	v, ok := lookupClaim(c, key[len(userPlaceholderPrefix):])
-	if !ok {
-		return "", true
-	}
-	text, ok := claimText(v)
-	if !ok || hasControl(text) {
-		return "", true
-	}
-	return text, true
-}
-
-// source is one place a token is read from.
-type source struct {
-	kind   sourceKind
-	name   string
-	prefix string
-}
-
-type sourceKind uint8
-
-const (
-	sourceHeader sourceKind = iota
-	sourceCookie
-	sourceQuery
-)
-
-var errManyTokens = errors.New("tokens in more than one place")
-
-// extract returns the token and the source it came from. A token present in
-// more than one place (or twice in one) is an invalid request (RFC 6750
-// §2). A header of another scheme is no token.
-func (h *Handler) extract(r *http.Request) (string, *source, error) {
-	var token string
-	var from *source
-	found := func(t string, s *source) error {
-		if from != nil {
-			return errManyTokens
-		}
-		token, from = t, s
-		return nil
-	}
-	var query url.Values
-	for i := range h.sources {
-		s := &h.sources[i]
-		switch s.kind {
-		case sourceHeader:
-			for _, v := range r.Header[s.name] {
-				t, ok := headerToken(v, s.prefix)
-				if !ok {
-					continue
-				}
-				if t == "" {
-					return "", nil, errEmptyToken
-				}
-				if err := found(t, s); err != nil {
-					return "", nil, err
-				}
-			}
-		case sourceCookie:
-			for _, c := range r.CookiesNamed(s.name) {
-				if c.Value == "" {
-					continue
-				}
-				if err := found(c.Value, s); err != nil {
-					return "", nil, err
-				}
-			}
-		case sourceQuery:
-			if query == nil {
-				query = r.URL.Query()
-			}
-			for _, v := range query[s.name] {
-				if v == "" {
-					continue
-				}
-				if err := found(v, s); err != nil {
-					return "", nil, err
-				}
-			}
-		}
-	}
-	return token, from, nil
-}
-
-// headerToken takes the token out of a header value: after "<prefix> "
-// (prefix case-insensitive) or, without prefix, the whole value.
-func headerToken(v, prefix string) (string, bool) {
-	if prefix == "" {
-		return strings.TrimSpace(v), true
-	}
-	if len(v) < len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
-		return "", false
-	}
-	rest := v[len(prefix):]
-	if rest == "" {
-		return "", true
-	}
-	if rest[0] != ' ' {
-		return "", false
-	}
-	return strings.TrimLeft(rest, " "), true
-}
-
-// stripToken removes the token's source from the request.
-func stripToken(r *http.Request, s *source) {
-	switch s.kind {
-	case sourceHeader:
-		r.Header.Del(s.name)
-	case sourceCookie:
-		cookies := r.Cookies()
-		r.Header.Del("Cookie")
-		kept := make([]string, 0, len(cookies))
-		for _, c := range cookies {
-			if c.Name != s.name {
-				kept = append(kept, c.String())
-			}
-		}
-		if len(kept) > 0 {
-			r.Header.Set("Cookie", strings.Join(kept, "; "))
-		}
-	case sourceQuery:
-		q := r.URL.Query()
-		q.Del(s.name)
-		r.URL.RawQuery = q.Encode()
-		r.RequestURI = r.URL.RequestURI()
-	}
 }
 
 // Interface guards
