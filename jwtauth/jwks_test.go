@@ -9,16 +9,20 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 func TestParseJWKSKeyRules(t *testing.T) {
-	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024) //nolint:gosec // a weak key is what this test must see refused
 	strong := privateKey(t, "rsa2048.key").(*rsa.PrivateKey)
 	ec := privateKey(t, "ec256.key").(*ecdsa.PrivateKey)
 	pt, _ := ec.PublicKey.Bytes()
@@ -120,7 +124,7 @@ func TestTokenCache(t *testing.T) {
 		t.Fatal("stale put stored")
 	}
 	// Bounded.
-	for i := 0; i < 3*tokenCacheSize; i++ {
+	for i := range 3 * tokenCacheSize {
 		key := tokenKey("t" + string(rune(i)) + itoa(i))
 		c.put(&key, claims, 2, now.Add(time.Minute), now)
 	}
@@ -217,4 +221,29 @@ func (c *tokenCache) len() int {
 		c.shards[i].mu.Unlock()
 	}
 	return n
+}
+
+// A key set served with no-store or no-cache (as Hydra does) is refreshed
+// at the minimum interval, so a key deleted at the issuer is dropped soon.
+func TestFetchNoStoreRefreshesAtMinimum(t *testing.T) {
+	for cc, want := range map[string]time.Duration{
+		"no-store":             jwksMinRefresh,
+		"no-cache":             jwksMinRefresh,
+		"private, max-age=600": 10 * time.Minute,
+		"":                     jwksDefaultRefresh,
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if cc != "" {
+				w.Header().Set("Cache-Control", cc)
+			}
+			_, _ = w.Write([]byte(`{"keys":[]}`))
+		}))
+		s := &remoteKeySet{url: srv.URL, client: srv.Client(), ctx: context.Background()}
+		s.logger.Store(zap.NewNop())
+		next, err := s.fetch()
+		srv.Close()
+		if err != nil || next != want {
+			t.Errorf("Cache-Control %q: next refresh in %v (%v), want %v", cc, next, err, want)
+		}
+	}
 }

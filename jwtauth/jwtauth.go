@@ -376,15 +376,11 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("from_header: invalid header name %q", s.Name)
 		}
 	}
-	for _, c := range h.FromCookie {
-		if c == "" {
-			return errors.New("from_cookie: empty cookie name")
-		}
+	if slices.Contains(h.FromCookie, "") {
+		return errors.New("from_cookie: empty cookie name")
 	}
-	for _, q := range h.FromQuery {
-		if q == "" {
-			return errors.New("from_query: empty parameter name")
-		}
+	if slices.Contains(h.FromQuery, "") {
+		return errors.New("from_query: empty parameter name")
 	}
 	names := slices.Sorted(maps.Keys(h.Headers))
 	for i, name := range names {

@@ -3,11 +3,10 @@ package jwtauth
 import (
 	"errors"
 
+	"github.com/caddygateway/caddy-gateway/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/caddygateway/caddy-gateway/internal/metrics"
 )
 
 // jwt_auth's collectors, built once and registered on every config's

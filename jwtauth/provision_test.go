@@ -39,13 +39,14 @@ func parse(t *testing.T, input string) (*Handler, error) {
 func TestProvisionSecretPlaceholder(t *testing.T) {
 	t.Setenv("JWT_TEST_SHORT", "short")
 	t.Setenv("JWT_TEST_OK", testSecret)
-	if err := provision(t, &Handler{Secret: "{env.JWT_TEST_SHORT}"}); err == nil || !strings.Contains(err.Error(), "at least 32") {
+	short, unset, ok := "{env.JWT_TEST_SHORT}", "{env.JWT_TEST_UNSET}", "{env.JWT_TEST_OK}"
+	if err := provision(t, &Handler{Secret: short}); err == nil || !strings.Contains(err.Error(), "at least 32") {
 		t.Fatalf("short secret from env: %v", err)
 	}
-	if err := provision(t, &Handler{Secret: "{env.JWT_TEST_UNSET}"}); err == nil {
+	if err := provision(t, &Handler{Secret: unset}); err == nil {
 		t.Fatal("empty secret from env accepted")
 	}
-	if err := provision(t, &Handler{Secret: "{env.JWT_TEST_OK}"}); err != nil {
+	if err := provision(t, &Handler{Secret: ok}); err != nil {
 		t.Fatalf("good secret from env: %v", err)
 	}
 }

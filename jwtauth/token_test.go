@@ -94,7 +94,7 @@ func TestRFC7515A1HS256(t *testing.T) {
 	}
 	before := func() time.Time { return time.Unix(1300819380-60, 0) }
 	v := newVerifier(verifierConfig{keys: staticKeySet(keys), allowed: keys[0].algs, leeway: defaultLeeway, issuers: []string{"joe"}, now: before})
-	const token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+	const token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk" //nolint:gosec // RFC 7515 test vector
 	claims, err := v.verify(context.Background(), token)
 	if err != nil {
 		t.Fatalf("RFC 7515 A.1 refused: %v", err)
@@ -124,7 +124,7 @@ func TestRFC7515A2RS256(t *testing.T) {
 	}
 	before := func() time.Time { return time.Unix(1300819380-60, 0) }
 	v := newVerifier(verifierConfig{keys: staticKeySet{{algs: algs, key: pub}}, allowed: algs, leeway: defaultLeeway, now: before})
-	const token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw"
+	const token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw" //nolint:gosec // RFC 7515 test vector
 	claims, err := v.verify(context.Background(), token)
 	if err != nil {
 		t.Fatalf("RFC 7515 A.2 refused: %v", err)
@@ -138,7 +138,7 @@ func TestRFC7515A2RS256(t *testing.T) {
 func TestRFC7515A5NoneRefused(t *testing.T) {
 	v := newTestVerifier(t, testSecret, []string{"../testdata/keys/rsa2048.pem"})
 	v.now = func() time.Time { return time.Unix(1300819380-60, 0) }
-	const token = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ."
+	const token = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ." //nolint:gosec // RFC 7515 test vector
 	if _, err := v.verify(context.Background(), token); err == nil {
 		t.Fatal("alg none accepted")
 	}
