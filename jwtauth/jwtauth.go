@@ -65,13 +65,14 @@ type Handler struct {
 
 	// PEM files holding public keys: SPKI ("PUBLIC KEY"), PKCS#1 ("RSA
 	// PUBLIC KEY") or X.509 certificates; RSA (2048 bits or more, RS* and
-	// PS*), EC P-256/P-384/P-521 (ES256/384/512) or Ed25519 (EdDSA). Every
-	// key in every file is used. Read at load.
+	// PS*), EC P-256/P-384/P-521 (ES256/384/512) or Ed25519 (EdDSA and
+	// Ed25519). Every key in every file is used. Read and checked at load
+	// (provision), never by the Caddyfile parser.
 	PublicKeys []string `json:"public_key,omitempty"`
 
 	// URLs of remote JWK Sets (RFC 7517). Each is fetched at load without
 	// blocking start-up, refreshed on its Cache-Control max-age (clamped to
-	// 1m..24h, 15m without one), refetched when a token names an unknown
+	// 1m..24h; 1m for no-store or no-cache; 15m without any), refetched when a token names an unknown
 	// kid (at most once per 5s per URL, concurrent misses sharing one
 	// fetch), and kept when a refresh fails. Redirects are not followed;
 	// a fetch has 10s and 1 MiB at most. While no set has ever loaded,
@@ -79,11 +80,13 @@ type Handler struct {
 	// every handler naming the same URL and survive config reloads. Keys
 	// without "alg" are pinned by key type and curve; weak keys, private
 	// or symmetric keys, and keys whose "use" is not "sig" are skipped
-	// with a warning. Keys from these URLs serve every accepted issuer.
+	// (one warning line per fetch). Keys from these URLs serve every
+	// accepted issuer. Fetching starts only once the config is valid.
 	JWKSURLs []string `json:"jwks_url,omitempty"`
 
-	// Local JWK Set files, read at load; the same key rules as jwks_url,
-	// except that symmetric ("oct") keys are allowed.
+	// Local JWK Set files, read and checked at load (provision); the same
+	// key rules as jwks_url, except that symmetric ("oct") keys are
+	// allowed.
 	JWKSFiles []string `json:"jwks_file,omitempty"`
 
 	// OpenID Connect issuers. The key set is found through
@@ -93,19 +96,22 @@ type Handler struct {
 	// added to the accepted issuers.
 	OIDCIssuers []string `json:"oidc_issuer,omitempty"`
 
-	// Allowlist of JWS algorithms. Default: what each key implies. Each key
-	// is pinned to the algorithms its type implies, narrowed by this list;
-	// a token whose alg is not allowed for the key verifying it is refused.
+	// Allowlist of JWS algorithms: HS256/384/512, RS256/384/512,
+	// PS256/384/512, ES256/384/512, EdDSA and Ed25519 (RFC 9864; Ed25519
+	// keys only). Default: what each key implies. Each key is pinned to the
+	// algorithms its type (or JWK alg) implies, narrowed by this list; a
+	// token whose alg is not allowed for the key verifying it is refused.
 	// "none" is never allowed.
 	Algorithms []string `json:"algorithms,omitempty"`
 
 	// Accepted issuers: the token's iss must be one of them.
 	Issuers []string `json:"issuer,omitempty"`
 
-	// Accepted audiences: the token's aud must contain one of them.
+	// Accepted audiences: the token's aud must contain one of them; an
+	// absent or empty aud is refused ("audience not accepted").
 	Audiences []string `json:"audience,omitempty"`
 
-	// Clock skew tolerated for exp, nbf and iat. Default: 30s.
+	// Clock skew tolerated for exp, nbf and iat. Default: 30s; at most 1h.
 	Leeway *caddy.Duration `json:"leeway,omitempty"`
 
 	// Longest lifetime accepted: exp minus iat (or minus now when the token
@@ -141,21 +147,26 @@ type Handler struct {
 	// Cookies the token is read from.
 	FromCookie []string `json:"from_cookie,omitempty"`
 
-	// Query parameters the token is read from.
+	// Query parameters the token is read from. Caddy's access log records
+	// the original URI: filter the parameter out of it (`format filter {
+	// request>uri query { delete <name> } }`).
 	FromQuery []string `json:"from_query,omitempty"`
 
 	// Claim (dot-path) that identifies the user: {http.auth.user.id} and
 	// the access log's user_id. Default: sub.
 	UserID string `json:"user_id,omitempty"`
 
-	// Request headers set from claims for the upstream: header name to
-	// claim dot-path. Each named header is always deleted from the
-	// incoming request first; it is set only when the verified token has
-	// the claim.
+	// Request headers set from claims for the upstream: header name (any
+	// casing: x-user-id sets X-User-Id) to claim dot-path. Each named
+	// header is always deleted from the incoming request first, in any
+	// casing and with `_` for `-`; it is set only when the verified token
+	// has the claim. Naming a header the token is read from is a config
+	// error.
 	Headers map[string]string `json:"header,omitempty"`
 
-	// Remove the token (its header, cookie or query parameter) from the
-	// request before it goes on.
+	// Remove the token from the request before it goes on: its header, or
+	// its cookie or query parameter only, the other cookies and parameters
+	// going on byte for byte.
 	StripToken bool `json:"strip_token,omitempty"`
 
 	// A request without a token continues anonymously (no identity
