@@ -248,3 +248,29 @@ func TestJWTEmptyAudienceArray(t *testing.T) {
 		t.Fatalf("aud [web api]: %d %q", resp.StatusCode, body)
 	}
 }
+
+// A handler after jwt_auth that rewrites an identity header in place
+// changes that request only: the next request with the same (cached)
+// token gets the value from the claims again.
+func TestJWTCachedIdentityNotShared(t *testing.T) {
+	up := newEchoUpstream(t)
+	tc := gateway(t, "", `
+	route {
+		jwt_auth {
+			secret `+jwtSecret+`
+			header X-User-Id sub
+		}
+		request_header X-User-Id a aa
+		reverse_proxy `+up.addr()+`
+	}`)
+	tok := token(t, `"sub":"alice"`)
+	for i := range 3 {
+		resp, _ := do(t, tc, get(t, "/", "Authorization", bearer(tok)))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatal(resp.StatusCode)
+		}
+		if got := up.last(t).Header.Get("X-User-Id"); got != "aalice" {
+			t.Fatalf("request %d: X-User-Id %q, want aalice", i+1, got)
+		}
+	}
+}

@@ -103,7 +103,7 @@ func TestTokenCache(t *testing.T) {
 	c := newTokenCache()
 	now := time.Unix(1000, 0)
 	k := tokenKey("token-a")
-	claims := jwt.MapClaims{"sub": "a"}
+	claims := &grant{claims: jwt.MapClaims{"sub": "a"}}
 	c.put(&k, claims, 1, now.Add(time.Minute), now)
 	if _, ok := c.get(&k, 1, now); !ok {
 		t.Fatal("miss right after put")

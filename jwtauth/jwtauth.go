@@ -462,13 +462,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if h.Optional {
 			// Anonymous: every {http.auth.user.*} is known and empty.
 			h.counters.results[resultAnonymous].Inc()
-			repl.Map(userClaims(nil).placeholder)
+			repl.Map(anonymousPlaceholder)
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, repl, http.StatusUnauthorized, "", errNoToken)
 	}
 
-	claims, err := h.verify(r.Context(), token)
+	g, err := h.verify(r.Context(), token)
 	if errors.Is(err, errUnavailable) {
 		w.Header().Set("Retry-After", strconv.Itoa(h.verifier.retryAfter()))
 		return h.refuse(w, repl, http.StatusServiceUnavailable, "", err)
@@ -476,46 +476,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", err)
 	}
-	if err := h.authorize(claims); err != nil {
-		return h.refuse(w, repl, http.StatusForbidden, "insufficient_scope", err)
+	if g.refusal != nil {
+		return h.refuse(w, repl, g.status, g.code, g.refusal)
 	}
 
-	// Compute every identity value before touching the request, so that a
-	// refusal leaves nothing half-set.
-	userID := ""
-	if v, ok := lookupClaim(claims, h.UserID); ok {
-		userID, _ = claimText(v)
-		if hasControl(userID) {
-			return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", errClaimControl)
-		}
-	}
-	var values [8]string
-	headerValues := values[:0]
-	for _, ih := range h.identity {
-		text := ""
-		if v, ok := lookupClaim(claims, ih.path); ok {
-			text, _ = claimText(v)
-			if hasControl(text) {
-				return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", errClaimControl)
+	if n := len(g.headerValues); n > 0 {
+		// One allocation for every header; each gets its own slice of
+		// capacity one, so nothing downstream can write into the grant.
+		values := make([]string, n)
+		copy(values, g.headerValues)
+		for i, ih := range h.identity {
+			if values[i] != "" {
+				r.Header[ih.name] = values[i : i+1 : i+1]
 			}
 		}
-		headerValues = append(headerValues, text)
 	}
-	for i, ih := range h.identity {
-		if headerValues[i] != "" {
-			r.Header.Set(ih.name, headerValues[i])
-		}
-	}
-
-	repl.Set("http.auth.user.id", userID)
-	repl.Map(userClaims(claims).placeholder)
+	repl.Set("http.auth.user.id", g.userIDValue)
+	repl.Map(g.placeholder)
 
 	if h.StripToken {
 		stripToken(r, src)
 	}
 	h.counters.results[resultOK].Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token verified"); c != nil {
-		c.Write(zap.String("user_id", userID))
+		c.Write(zap.String("user_id", g.userID))
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -523,30 +507,86 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 var errNoToken = errors.New("no token")
 
 // verify checks a token through the verified-token cache: a token verified
-// before under the same keys only has its claims (time claims included)
-// checked again.
-func (h *Handler) verify(ctx context.Context, token string) (jwt.MapClaims, error) {
+// before under the same keys only has its time claims checked again.
+func (h *Handler) verify(ctx context.Context, token string) (*grant, error) {
 	key := tokenKey(token)
 	gen := h.verifier.generation()
 	now := h.now()
-	if claims, ok := h.cache.get(&key, gen, now); ok {
+	if g, ok := h.cache.get(&key, gen, now); ok {
 		h.counters.cacheHit.Inc()
-		if err := h.verifier.checkClaims(claims); err != nil {
+		if err := h.verifier.checkTimes(&g.times, now); err != nil {
 			return nil, err
 		}
-		return claims, nil
+		return g, nil
 	}
 	h.counters.cacheMiss.Inc()
 	claims, err := h.verifier.verify(ctx, token)
 	if err != nil {
 		return nil, err
 	}
+	g := h.newGrant(claims)
 	expires := now.Add(tokenCacheMaxTTL)
-	if exp, _ := claims.GetExpirationTime(); exp != nil && exp.Before(expires) {
-		expires = exp.Time
+	if g.times.hasExp && g.times.exp.Before(expires) {
+		expires = g.times.exp
 	}
-	h.cache.put(&key, claims, gen, expires, now)
-	return claims, nil
+	h.cache.put(&key, g, gen, expires, now)
+	return g, nil
+}
+
+// anonymousPlaceholder serves every {http.auth.user.*} of an anonymous
+// request as known and empty.
+var anonymousPlaceholder caddy.ReplacerFunc = userClaims(nil).placeholder
+
+// grant is what a verified token gives a request under this handler's
+// rules. It depends only on the token and the config, so it is computed
+// once per token and kept in the verified-token cache; only the time
+// claims are checked again per request. A grant is never modified once
+// made.
+type grant struct {
+	claims jwt.MapClaims
+	times  tokenTimes
+
+	// refusal, when set, is why this handler refuses the (valid) token:
+	// scope or claim rules (403), or a control character in an identity
+	// value (401).
+	refusal error
+	status  int
+	code    string
+
+	userID       string
+	userIDValue  any      // userID, boxed once for the replacer
+	headerValues []string // parallel to Handler.identity; "" is not set
+	placeholder  caddy.ReplacerFunc
+}
+
+// newGrant applies the authorization rules to verified claims and renders
+// the identity values. Every value is computed before any is used, so a
+// refusal leaves the request untouched.
+func (h *Handler) newGrant(claims jwt.MapClaims) *grant {
+	g := &grant{claims: claims, times: timesOf(claims)}
+	if err := h.authorize(claims); err != nil {
+		g.refusal, g.status, g.code = err, http.StatusForbidden, "insufficient_scope"
+		return g
+	}
+	if v, ok := lookupClaim(claims, h.UserID); ok {
+		g.userID, _ = claimText(v)
+	}
+	refuse := hasControl(g.userID)
+	if len(h.identity) > 0 {
+		g.headerValues = make([]string, len(h.identity))
+		for i, ih := range h.identity {
+			if v, ok := lookupClaim(claims, ih.path); ok {
+				g.headerValues[i], _ = claimText(v)
+				refuse = refuse || hasControl(g.headerValues[i])
+			}
+		}
+	}
+	if refuse {
+		return &grant{claims: claims, times: g.times, refusal: errClaimControl, status: http.StatusUnauthorized, code: "invalid_token"}
+	}
+	g.userIDValue = g.userID
+	g.placeholder = userClaims(claims).placeholder
+	return g
 }
 
 // authorize applies the scope and claim rules to verified claims.

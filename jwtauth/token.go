@@ -148,6 +148,7 @@ type verifier struct {
 	maxLifetime time.Duration
 	require     []string
 	types       []string
+	leeway      time.Duration
 	now         func() time.Time
 }
 
@@ -184,8 +185,45 @@ func newVerifier(c verifierConfig) *verifier {
 		maxLifetime: c.maxLifetime,
 		require:     c.require,
 		types:       c.types,
+		leeway:      c.leeway,
 		now:         c.now,
 	}
+}
+
+// tokenTimes are a verified token's time claims, read once.
+type tokenTimes struct {
+	exp, nbf, iat          time.Time
+	hasExp, hasNbf, hasIat bool
+}
+
+func timesOf(claims jwt.MapClaims) tokenTimes {
+	var t tokenTimes
+	if d, _ := claims.GetExpirationTime(); d != nil {
+		t.exp, t.hasExp = d.Time, true
+	}
+	if d, _ := claims.GetNotBefore(); d != nil {
+		t.nbf, t.hasNbf = d.Time, true
+	}
+	if d, _ := claims.GetIssuedAt(); d != nil {
+		t.iat, t.hasIat = d.Time, true
+	}
+	return t
+}
+
+// checkTimes checks the time claims of a token verified before against
+// now, with leeway, as checkClaims does: they are the only rules whose
+// outcome changes with time.
+func (v *verifier) checkTimes(t *tokenTimes, now time.Time) error {
+	if t.hasExp && !now.Before(t.exp.Add(v.leeway)) {
+		return errExpired
+	}
+	if t.hasNbf && now.Before(t.nbf.Add(-v.leeway)) {
+		return errNotYetValid
+	}
+	if t.hasIat && now.Before(t.iat.Add(-v.leeway)) {
+		return errIssuedFuture
+	}
+	return nil
 }
 
 // splitCompact checks that token is a compact JWS (RFC 7515 §7.1): exactly
