@@ -21,6 +21,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddygateway/caddy-gateway/internal/metrics"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 
@@ -103,6 +105,7 @@ type Handler struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	forwardHeaders []string // canonical names
+	metrics        responseMetrics
 	transport      *http.Transport
 	client         *http.Client
 	logger         *zap.Logger
@@ -162,6 +165,7 @@ type Backend struct {
 	target   []string
 	nameJSON []byte
 	fallback []byte
+	metrics  backendMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -179,10 +183,14 @@ const (
 	maxMaxBody     = 64 << 20 // max_body ceiling: bodies are held in memory
 )
 
-// Provision sets defaults, compiles the URL and header templates and builds
-// the handler's transport.
+// Provision sets defaults, compiles the URL and header templates, registers
+// the metrics and builds the handler's transport.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := metrics.Register(ctx.GetMetricsRegistry(), collectors...); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	h.metrics = newResponseMetrics()
 	if h.Timeout == 0 {
 		h.Timeout = caddy.Duration(defaultTimeout)
 	}
@@ -197,6 +205,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if b == nil {
 			return errors.New("null backend")
 		}
+		b.metrics = newBackendMetrics(b.Name)
 		if b.Method == "" {
 			b.Method = http.MethodGet
 		}
@@ -399,22 +408,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			private = true
 		}
 	}
+	// With Caddy's tracing on, every call gets a child span (its trace
+	// context is written in call); without, the client's trace context goes
+	// on unchanged.
+	tracer := requestTracer(r.Context())
 	calls := make([]call, len(h.Backends))
 	for i, b := range h.Backends {
 		u, err := b.url.expand(repl)
 		if err != nil {
+			h.metrics.badRequest.Inc()
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: %w", b.Name, err))
 		}
-		hdr := make(http.Header, len(forwarded)+len(b.headers)+1)
+		hdr := make(http.Header, len(forwarded)+len(b.headers)+3)
 		maps.Copy(hdr, forwarded)
 		for name, tmpls := range b.headers {
 			vals := make([]string, len(tmpls))
 			for j, t := range tmpls {
 				if vals[j], err = t.expand(repl); err != nil {
+					h.metrics.badRequest.Inc()
 					return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: header %s: %w", b.Name, name, err))
 				}
 			}
 			hdr[name] = vals
+		}
+		if tracer == nil {
+			copyTraceHeaders(hdr, r.Header)
 		}
 		if _, ok := hdr["User-Agent"]; !ok {
 			hdr["User-Agent"] = noUserAgent
@@ -428,10 +446,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	var wg sync.WaitGroup
 	for i := 1; i < len(calls); i++ {
 		wg.Go(func() {
-			h.fetch(ctx, h.Backends[i], &calls[i])
+			h.callBackend(ctx, tracer, h.Backends[i], &calls[i])
 		})
 	}
-	h.fetch(ctx, h.Backends[0], &calls[0])
+	h.callBackend(ctx, tracer, h.Backends[0], &calls[0])
 	wg.Wait()
 
 	results := make([]result, len(calls))
@@ -447,6 +465,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}()
 	if err := r.Context().Err(); err != nil {
 		// The client is gone: nobody reads the answer.
+		h.metrics.clientGone.Inc()
 		return caddyhttp.Error(499, fmt.Errorf("aggregate: client went away: %w", err))
 	}
 
@@ -455,6 +474,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	defer putBuf(out)
 	sum := writeEnvelope(out, h.Backends, results)
 	status, complete := sum.status(len(calls))
+	h.metrics.envelope(status, complete)
 
 	if c := h.logger.Check(zap.DebugLevel, "aggregate failures"); c != nil && sum.failed > 0 {
 		fields := make([]zap.Field, 0, sum.failed)
@@ -480,6 +500,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	w.WriteHeader(status)
 	_, err := w.Write(out.Bytes())
 	return err
+}
+
+// callBackend makes one backend call, in its own span when tracer is set, and
+// counts it.
+func (h *Handler) callBackend(ctx context.Context, tracer trace.Tracer, b *Backend, c *call) {
+	start := time.Now()
+	if tracer != nil {
+		var span trace.Span
+		ctx, span = startSpan(ctx, tracer, b, c.header)
+		defer endSpan(span, &c.result)
+	}
+	h.fetch(ctx, b, c)
+	b.metrics.observe(c.code, time.Since(start))
 }
 
 // fetch makes one backend call and records its result in c.
