@@ -9,7 +9,7 @@ MODULE        := github.com/caddygateway/caddy-gateway
 WITH          := $(MODULE)@v0.0.0-00010101000000-000000000000=$(CURDIR)
 BIN           ?= bin/caddy
 
-.PHONY: build run test lint fuzz bench load token clean
+.PHONY: build run test lint fuzz bench load clean
 
 build:
 	go tool xcaddy build $(CADDY_VERSION) --output $(BIN) --with $(WITH)
@@ -31,9 +31,6 @@ fuzz:
 
 load:
 	bash scripts/load.sh
-
-token:
-	@go run ./cmd/demo-token
 
 clean:
 	rm -rf bin

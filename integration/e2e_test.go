@@ -19,7 +19,7 @@ import (
 var (
 	binaryOnce sync.Once
 	binaryPath string
-	binaryErr  error
+	errBinary  error
 )
 
 // caddyBinary returns a caddy binary holding our modules: $CADDY_BIN when the
@@ -32,27 +32,27 @@ func caddyBinary(t *testing.T) string {
 	}
 	binaryOnce.Do(func() {
 		if p := os.Getenv("CADDY_BIN"); p != "" {
-			binaryPath, binaryErr = filepath.Abs(p)
+			binaryPath, errBinary = filepath.Abs(p)
 			return
 		}
 		dir, err := os.MkdirTemp("", "caddy-gateway-bin-")
 		if err != nil {
-			binaryErr = err
+			errBinary = err
 			return
 		}
 		binaryPath = filepath.Join(dir, "caddy")
 		root, _ := filepath.Abs("..")
-		cmd := exec.Command("go", "tool", "xcaddy", "build", "v2.11.9",
+		cmd := exec.CommandContext(context.Background(), "go", "tool", "xcaddy", "build", "v2.11.9",
 			"--output", binaryPath,
 			"--with", "github.com/caddygateway/caddy-gateway@v0.0.0-00010101000000-000000000000="+root)
 		cmd.Dir = root
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			binaryErr = fmt.Errorf("xcaddy build: %v\n%s", err, out)
+			errBinary = fmt.Errorf("xcaddy build: %w\n%s", err, out)
 		}
 	})
-	if binaryErr != nil {
-		t.Fatal(binaryErr)
+	if errBinary != nil {
+		t.Fatal(errBinary)
 	}
 	return binaryPath
 }
@@ -98,7 +98,7 @@ func TestE2EExampleAdaptValidateFmt(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fmt --diff: %v\n%s", err, out)
 	}
-	for _, l := range strings.Split(out, "\n") {
+	for l := range strings.SplitSeq(out, "\n") {
 		if strings.HasPrefix(l, "- ") || strings.HasPrefix(l, "+ ") {
 			t.Fatalf("Caddyfile.example is not formatted as caddy fmt wants:\n%s", out)
 		}
@@ -110,10 +110,10 @@ func TestE2EExampleAdaptValidateFmt(t *testing.T) {
 func TestE2EExampleRun(t *testing.T) {
 	bin := caddyBinary(t)
 	home := t.TempDir()
-	cmd := exec.Command(bin, "run", "--config", "Caddyfile.example", "--adapter", "caddyfile")
+	cmd := exec.CommandContext(context.Background(), bin, "run", "--config", "Caddyfile.example", "--adapter", "caddyfile")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
-	var logs bytes.Buffer
+	var logs lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -137,7 +137,8 @@ func TestE2EExampleRun(t *testing.T) {
 	var resp *http.Response
 	var err error
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		resp, err = client.Get("http://localhost:8080/api/users/me")
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://localhost:8080/api/users/me", nil)
+		resp, err = client.Do(req)
 		if err == nil {
 			break
 		}
@@ -155,7 +156,7 @@ func TestE2EExampleRun(t *testing.T) {
 	}
 
 	token := demoToken(t)
-	req, _ := http.NewRequest(http.MethodGet, "http://localhost:8080/api/users/me", nil)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://localhost:8080/api/users/me", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("X-User-Id", "spoofed")
 	resp, err = client.Do(req)
@@ -174,19 +175,95 @@ func TestE2EExampleRun(t *testing.T) {
 	if echoed["user_id"] != "alice" || echoed["role"] != "admin" {
 		t.Fatalf("identity not echoed: %s", body)
 	}
+
+	// The access log: a line per request, user_id from the verified token,
+	// the Authorization header redacted, the token nowhere.
+	var withToken, anonymous map[string]any
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		withToken, anonymous = nil, nil
+		for _, entry := range accessLog(logs.String()) {
+			req, _ := entry["request"].(map[string]any)
+			if req["uri"] != "/api/users/me" {
+				continue
+			}
+			hdrs, _ := req["headers"].(map[string]any)
+			if hdrs["Authorization"] != nil {
+				withToken = entry
+			} else {
+				anonymous = entry
+			}
+		}
+		if withToken != nil && anonymous != nil {
+			break
+		}
+	}
+	if withToken == nil || anonymous == nil {
+		t.Fatalf("no access log lines for the two requests (with token: %v, without: %v)", withToken != nil, anonymous != nil)
+	}
+	if withToken["user_id"] != "alice" || withToken["status"] != float64(200) {
+		t.Errorf("access log line of the request with a token: user_id %v, status %v", withToken["user_id"], withToken["status"])
+	}
+	if got := withToken["request"].(map[string]any)["headers"].(map[string]any)["Authorization"]; fmt.Sprint(got) != "[REDACTED]" {
+		t.Errorf("Authorization in the access log = %v, want [REDACTED]", got)
+	}
+	if anonymous["user_id"] != "" || anonymous["status"] != float64(401) {
+		t.Errorf("access log line of the request without a token: user_id %v, status %v", anonymous["user_id"], anonymous["status"])
+	}
+	// Not the token, nor its signature or payload segment alone.
+	parts := strings.Split(token, ".")
+	for _, secret := range []string{token, parts[1], parts[2], exampleSecret()} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the log holds %.12s...", secret)
+		}
+	}
 }
 
-// demoToken mints a token for the example with the repo's own demo-token
-// command, as the README tells a newcomer to.
+// accessLog returns the access log entries (JSON lines) found in out.
+func accessLog(out string) []map[string]any {
+	var entries []map[string]any
+	for line := range strings.SplitSeq(out, "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && strings.HasPrefix(fmt.Sprint(m["logger"]), "http.log.access") {
+			entries = append(entries, m)
+		}
+	}
+	return entries
+}
+
+// lockedBuffer is a bytes.Buffer that a running process writes while the
+// test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// exampleSecret is the HMAC secret Caddyfile.example runs with.
+func exampleSecret() string {
+	if s := os.Getenv("GATEWAY_JWT_SECRET"); s != "" {
+		return s
+	}
+	return "demo-secret-change-me-0123456789abcdef"
+}
+
+// demoToken mints a token for the example with the binary's own
+// `caddy jwt sign`, as the README tells a newcomer to.
 func demoToken(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command("go", "run", "./cmd/demo-token", "-sub", "alice", "-role", "admin")
-	cmd.Dir = ".."
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("demo-token: %v\n%s", err, stderr.String())
-	}
-	return strings.TrimSpace(string(out))
+	return signWithBinary(t, "--secret", exampleSecret(), "--iss", "caddy-gateway-demo", "--aud", "demo-api",
+		"--sub", "alice", "--claim", "role=admin")
 }
