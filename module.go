@@ -9,6 +9,8 @@
 //   - http.handlers.throttle (directive throttle): per-client rate limiting.
 //   - http.handlers.aggregate (directive aggregate): fan out to several
 //     backends and merge their JSON.
+//   - http.handlers.cors (directive cors): answer cross-origin requests
+//     (CORS preflights and headers) at the gateway.
 //
 // The directive order is registered in caddyfile.go, so no `order` global
 // option is needed.
@@ -17,6 +19,7 @@ package caddygateway
 import (
 	// Each package registers its module(s) and Caddyfile directive in init.
 	_ "github.com/caddygateway/caddy-gateway/aggregate"
+	_ "github.com/caddygateway/caddy-gateway/cors"
 	_ "github.com/caddygateway/caddy-gateway/jwtauth"
 	_ "github.com/caddygateway/caddy-gateway/ratelimit"
 )

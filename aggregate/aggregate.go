@@ -19,7 +19,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
+	"github.com/caddygateway/caddy-gateway/internal/metrics"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 
@@ -60,11 +63,16 @@ func init() {
 //     is canceled.
 //
 // Headers set: `Content-Type: application/json`, `X-Aggregate-Complete`, and
-// `Cache-Control: private, no-store` when the response was built from
-// client credentials: a header listed in `forward_headers` was present on
-// the request, or a backend URL or `header` value uses a placeholder of
-// `{http.auth.*}`, `{http.request.header.*}`, `{http.request.cookie.*}` or
-// `{http.request.tls.client.*}`.
+// `Cache-Control: private, no-store` when the response may differ between
+// two clients asking for the same URL: a header listed in `forward_headers`
+// was present on the request, or a backend URL or `header` value uses a
+// placeholder other than those a shared cache keys on or that do not depend
+// on the request at all: `{http.request.uri*}`, `{http.request.orig_uri*}`,
+// `{http.request.method}`, `{http.request.orig_method}`,
+// `{http.request.scheme}`, `{http.request.host}`, `{http.request.hostport}`,
+// `{http.request.port}`, `{http.request.uuid}`, `{env.*}`, `{system.*}`, `{time.*}` (identity,
+// client address, headers, cookies, TLS client data, variables and regexp
+// captures are all private).
 //
 // Backend requests are built fresh: they carry no body and only the headers
 // named in `forward_headers` plus the backend's `header` lines (no
@@ -88,11 +96,16 @@ type Handler struct {
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// Maximum size of each backend's response body, in bytes. A longer
-	// body fails that backend with code `too_large`. In the Caddyfile, a
-	// size such as `512KiB` or `2MB`. Default 1 MiB (1048576 bytes).
+	// body fails that backend with code `too_large`; so does a declared
+	// Content-Length above it, before any byte is read. Memory follows the
+	// bytes actually received, never the declared length. In the
+	// Caddyfile, a size such as `512KiB` or `2MB`. Default 1 MiB (1048576
+	// bytes); at most 64 MiB (67108864 bytes), since every backend of every
+	// request in flight may hold that much.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	forwardHeaders []string // canonical names
+	metrics        responseMetrics
 	transport      *http.Transport
 	client         *http.Client
 	logger         *zap.Logger
@@ -152,6 +165,7 @@ type Backend struct {
 	target   []string
 	nameJSON []byte
 	fallback []byte
+	metrics  backendMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -166,12 +180,17 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 const (
 	defaultTimeout = 3 * time.Second
 	defaultMaxBody = 1 << 20
+	maxMaxBody     = 64 << 20 // max_body ceiling: bodies are held in memory
 )
 
-// Provision sets defaults, compiles the URL and header templates and builds
-// the handler's transport.
+// Provision sets defaults, compiles the URL and header templates, registers
+// the metrics and builds the handler's transport.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := metrics.Register(ctx.GetMetricsRegistry(), collectors...); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	h.metrics = newResponseMetrics()
 	if h.Timeout == 0 {
 		h.Timeout = caddy.Duration(defaultTimeout)
 	}
@@ -186,6 +205,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if b == nil {
 			return errors.New("null backend")
 		}
+		b.metrics = newBackendMetrics(b.Name)
 		if b.Method == "" {
 			b.Method = http.MethodGet
 		}
@@ -215,6 +235,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			if err := json.Compact(&c, b.Fallback); err != nil {
 				return fmt.Errorf("backend %q: fallback is not valid JSON: %w", b.Name, err)
 			}
+			if !utf8.Valid(c.Bytes()) {
+				return fmt.Errorf("backend %q: fallback is not valid UTF-8", b.Name)
+			}
 			b.fallback = c.Bytes()
 		}
 	}
@@ -232,12 +255,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // handler: keep-alive connections reused across requests, enough idle
 // connections per backend host for a fan-out under load, no proxy from the
 // environment, no transparent compression (bodies are limited and parsed as
-// sent), timeouts bounded by each call's context.
+// sent). Connect and TLS handshake have no timeout of their own: each call's
+// context, bounded by the backend's timeout and the total budget, is their
+// deadline.
 func newTransport() *http.Transport {
-	dialer := &net.Dialer{
-		Timeout:   defaultTimeout,
-		KeepAlive: 30 * time.Second,
-	}
+	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                  nil,
 		DialContext:            dialer.DialContext,
@@ -245,7 +267,6 @@ func newTransport() *http.Transport {
 		MaxIdleConns:           1024,
 		MaxIdleConnsPerHost:    256,
 		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    5 * time.Second,
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 64 << 10,
 		DisableCompression:     true,
@@ -277,8 +298,8 @@ func (h *Handler) Validate() error {
 	if h.Timeout < 0 {
 		return errors.New("timeout must not be negative")
 	}
-	if h.MaxBody < 0 {
-		return errors.New("max_body must not be negative")
+	if h.MaxBody < 0 || h.MaxBody > maxMaxBody {
+		return fmt.Errorf("max_body %d: must be between 1 byte and 64MiB (%d bytes)", h.MaxBody, maxMaxBody)
 	}
 	seen := make(map[string]bool, len(h.forwardHeaders))
 	for _, name := range h.forwardHeaders {
@@ -387,22 +408,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			private = true
 		}
 	}
+	// With Caddy's tracing on, every call gets a child span (its trace
+	// context is written in call); without, the client's trace context goes
+	// on unchanged.
+	tracer := requestTracer(r.Context())
 	calls := make([]call, len(h.Backends))
 	for i, b := range h.Backends {
 		u, err := b.url.expand(repl)
 		if err != nil {
+			h.metrics.badRequest.Inc()
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: %w", b.Name, err))
 		}
-		hdr := make(http.Header, len(forwarded)+len(b.headers)+1)
+		hdr := make(http.Header, len(forwarded)+len(b.headers)+3)
 		maps.Copy(hdr, forwarded)
 		for name, tmpls := range b.headers {
 			vals := make([]string, len(tmpls))
 			for j, t := range tmpls {
 				if vals[j], err = t.expand(repl); err != nil {
+					h.metrics.badRequest.Inc()
 					return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: header %s: %w", b.Name, name, err))
 				}
 			}
 			hdr[name] = vals
+		}
+		if tracer == nil {
+			copyTraceHeaders(hdr, r.Header)
 		}
 		if _, ok := hdr["User-Agent"]; !ok {
 			hdr["User-Agent"] = noUserAgent
@@ -416,10 +446,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	var wg sync.WaitGroup
 	for i := 1; i < len(calls); i++ {
 		wg.Go(func() {
-			h.fetch(ctx, h.Backends[i], &calls[i])
+			h.callBackend(ctx, tracer, h.Backends[i], &calls[i])
 		})
 	}
-	h.fetch(ctx, h.Backends[0], &calls[0])
+	h.callBackend(ctx, tracer, h.Backends[0], &calls[0])
 	wg.Wait()
 
 	results := make([]result, len(calls))
@@ -435,6 +465,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}()
 	if err := r.Context().Err(); err != nil {
 		// The client is gone: nobody reads the answer.
+		h.metrics.clientGone.Inc()
 		return caddyhttp.Error(499, fmt.Errorf("aggregate: client went away: %w", err))
 	}
 
@@ -443,6 +474,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	defer putBuf(out)
 	sum := writeEnvelope(out, h.Backends, results)
 	status, complete := sum.status(len(calls))
+	h.metrics.envelope(status, complete)
 
 	if c := h.logger.Check(zap.DebugLevel, "aggregate failures"); c != nil && sum.failed > 0 {
 		fields := make([]zap.Field, 0, sum.failed)
@@ -468,6 +500,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	w.WriteHeader(status)
 	_, err := w.Write(out.Bytes())
 	return err
+}
+
+// callBackend makes one backend call, in its own span when tracer is set, and
+// counts it.
+func (h *Handler) callBackend(ctx context.Context, tracer trace.Tracer, b *Backend, c *call) {
+	start := time.Now()
+	if tracer != nil {
+		var span trace.Span
+		ctx, span = startSpan(ctx, tracer, b, c.header)
+		defer endSpan(span, &c.result)
+	}
+	h.fetch(ctx, b, c)
+	b.metrics.observe(c.code, time.Since(start))
 }
 
 // fetch makes one backend call and records its result in c.
@@ -505,12 +550,11 @@ func (h *Handler) fetch(ctx context.Context, b *Backend, c *call) {
 		c.code = codeTooLarge
 		return
 	}
+	// Memory follows the bytes actually read, never the declared length:
+	// a backend may declare a huge Content-Length and send two bytes.
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	c.buf = buf
-	if resp.ContentLength > 0 {
-		buf.Grow(int(resp.ContentLength) + 1) //nolint:gosec // at most MaxBody
-	}
 	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, h.MaxBody+1)); err != nil {
 		c.code = failureCode(ctx, err)
 		return
@@ -519,21 +563,7 @@ func (h *Handler) fetch(ctx context.Context, b *Backend, c *call) {
 		c.code = codeTooLarge
 		return
 	}
-	body := bytes.TrimSpace(buf.Bytes())
-	if len(body) == 0 {
-		// A 2xx with no content, like a 204, gives null.
-		c.value = jsonNull
-		return
-	}
-	if b.target == nil {
-		if !json.Valid(body) {
-			c.code = codeInvalidJSON
-			return
-		}
-		c.value = body
-		return
-	}
-	v, ok := extractTarget(body, b.target)
+	v, ok := backendValue(buf.Bytes(), b.target)
 	if !ok {
 		c.code = codeInvalidJSON
 		return

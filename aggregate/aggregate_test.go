@@ -53,7 +53,7 @@ func TestBackendsCalledConcurrently(t *testing.T) {
 		arrived.Done()
 		select {
 		case <-all:
-			fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+			fmt.Fprintf(w, `{"path":%q}`, r.URL.Path) //nolint:gosec // a JSON test backend
 		case <-time.After(2 * time.Second):
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
@@ -64,7 +64,7 @@ func TestBackendsCalledConcurrently(t *testing.T) {
 		{Name: "b", URL: backend.URL + "/b"},
 		{Name: "c", URL: backend.URL + "/c"},
 	}})
-	rec, err := serve(h, httptest.NewRequest(http.MethodGet, "/", nil))
+	rec, err := serve(h, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestClientGoneCancelsEveryCallAndNoGoroutineOutlivesTheRequest(t *testing.T
 
 	before := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
-	req := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(ctx)
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil).WithContext(ctx)
 	go func() { bt.started.Wait(); cancel() }()
 	_, err := serve(h, req)
 
@@ -138,7 +138,7 @@ func TestBadPathValueRefusedBeforeAnyCall(t *testing.T) {
 		{Name: "user", URL: backend.URL + "/users/{http.request.uri.query.id}"},
 	}})
 	for _, q := range []string{"id=..", "id=.", "id=", "", "id=%00", "id=a%0d%0ab"} {
-		_, err := serve(h, httptest.NewRequest(http.MethodGet, "/?"+q, nil))
+		_, err := serve(h, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/?"+q, nil))
 		var he caddyhttp.HandlerError
 		if !errors.As(err, &he) || he.StatusCode != http.StatusBadRequest {
 			t.Errorf("%q: got %v, want 400", q, err)
@@ -171,7 +171,7 @@ func TestTimeouts(t *testing.T) {
 		},
 	})
 	start := time.Now()
-	rec, err := serve(h, httptest.NewRequest(http.MethodGet, "/", nil))
+	rec, err := serve(h, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestTimeouts(t *testing.T) {
 			{Name: "s2", URL: slow.URL},
 		},
 	})
-	rec, err = serve(h, httptest.NewRequest(http.MethodGet, "/", nil))
+	rec, err = serve(h, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +221,8 @@ func TestValidate(t *testing.T) {
 		"unnamed":           {Backends: []*Backend{{URL: "http://127.0.0.1/"}}},
 		"negative timeout":  {Backends: []*Backend{ok()}, Timeout: -1},
 		"negative max_body": {Backends: []*Backend{ok()}, MaxBody: -1},
+		"max_body 1TiB":     {Backends: []*Backend{ok()}, MaxBody: 1 << 40},
+		"max_body 64MiB+1":  {Backends: []*Backend{ok()}, MaxBody: 64<<20 + 1},
 		"forward Host":      {Backends: []*Backend{ok()}, ForwardHeaders: []string{"host"}},
 		"bad method":        {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Method: "G T"}}},
 		"bad target":        {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Target: "a..b"}}},
@@ -237,8 +239,9 @@ func TestValidate(t *testing.T) {
 		}
 	}
 	for name, h := range map[string]*Handler{
-		"host placeholder": {Backends: []*Backend{{Name: "a", URL: "http://{x}/"}}},
-		"bad fallback":     {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Fallback: []byte("{x")}}},
+		"host placeholder":   {Backends: []*Backend{{Name: "a", URL: "http://{x}/"}}},
+		"bad fallback":       {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Fallback: []byte("{x")}}},
+		"fallback not UTF-8": {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Fallback: []byte("\"\xff\"")}}},
 	} {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 		if err := h.Provision(ctx); err == nil {

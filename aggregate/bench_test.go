@@ -119,7 +119,7 @@ func TestDecodeReencodeBaselineMatchesSplice(t *testing.T) {
 // benchUpstreams starts three loopback JSON backends.
 func benchUpstreams(b *testing.B) []*httptest.Server {
 	b.Helper()
-	var out []*httptest.Server
+	out := make([]*httptest.Server, 0, 3)
 	for i := range 3 {
 		body := sampleBody(i)
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -176,7 +176,7 @@ func BenchmarkServeHTTP3Backends(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		req := httptest.NewRequest(http.MethodGet, "/?id=42", nil)
+		req := httptest.NewRequestWithContext(b.Context(), http.MethodGet, "/?id=42", nil)
 		repl := caddy.NewReplacer()
 		ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl)
 		req = req.WithContext(ctx)
@@ -237,7 +237,7 @@ func BenchmarkServeHTTP3BackendsInMemory(b *testing.B) {
 	h = provisioned(b, h)
 	h.client.Transport = cannedTransport{body: sampleBody(1)}
 	rec := &discardWriter{h: make(http.Header)}
-	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req := httptest.NewRequestWithContext(b.Context(), http.MethodGet, "/", nil)
 	repl := caddy.NewReplacer()
 	repl.Set("id", "42")
 	req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/dustin/go-humanize"
 
@@ -115,10 +116,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("parsing max_body %q: %v", s, err)
 			}
-			if size == 0 || size > 1<<40 {
-				return d.Errf("max_body must be between 1 byte and 1TiB")
+			if size == 0 || size > maxMaxBody {
+				return d.Errf("max_body %s: must be between 1 byte and 64MiB", s)
 			}
-			h.MaxBody = int64(size) //nolint:gosec // bounded above
+			h.MaxBody = int64(size)
 
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
@@ -205,7 +206,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 				return nil, d.ArgErr()
 			}
 			raw := strings.Join(args, " ")
-			if !json.Valid([]byte(raw)) {
+			if !json.Valid([]byte(raw)) || !utf8.ValidString(raw) {
 				return nil, d.Errf("backend %q: fallback is not valid JSON: %s", b.Name, raw)
 			}
 			b.Fallback = json.RawMessage(raw)

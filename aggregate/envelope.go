@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Error codes of the envelope's "errors" entries.
@@ -53,13 +54,13 @@ func (s summary) status(n int) (int, bool) {
 func writeEnvelope(buf *bytes.Buffer, backends []*Backend, results []result) summary {
 	var s summary
 	buf.WriteString(`{"data":{`)
-	for i, b := range backends {
+	for i := range results {
+		b, r := backends[i], &results[i]
 		if i > 0 {
 			buf.WriteByte(',')
 		}
 		buf.Write(b.nameJSON)
 		buf.WriteByte(':')
-		r := &results[i]
 		switch {
 		case r.code == "":
 			buf.Write(r.value)
@@ -82,8 +83,8 @@ func writeEnvelope(buf *bytes.Buffer, backends []*Backend, results []result) sum
 	if s.failed > 0 {
 		buf.WriteString(`,"errors":[`)
 		first := true
-		for i, b := range backends {
-			r := &results[i]
+		for i := range results {
+			b, r := backends[i], &results[i]
 			if r.code == "" {
 				continue
 			}
@@ -106,6 +107,28 @@ func writeEnvelope(buf *bytes.Buffer, backends []*Backend, results []result) sum
 	}
 	buf.WriteByte('}')
 	return s
+}
+
+// backendValue returns the JSON value a 2xx backend body puts into data: the
+// whole document, or the part at target. An empty body (only white space)
+// gives null. It reports false when body is not one valid JSON value in
+// UTF-8 (RFC 8259): json.Valid lets invalid UTF-8 inside strings through,
+// and one such byte would make the whole envelope invalid.
+func backendValue(body []byte, target []string) ([]byte, bool) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return jsonNull, true
+	}
+	if !utf8.Valid(body) {
+		return nil, false
+	}
+	if target == nil {
+		if !json.Valid(body) {
+			return nil, false
+		}
+		return body, true
+	}
+	return extractTarget(body, target)
 }
 
 // extractTarget returns the JSON value at path (object keys, or decimal

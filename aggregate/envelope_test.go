@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+	"unicode/utf8"
 )
 
 func backendsFor(t *testing.T, specs ...Backend) []*Backend {
@@ -127,4 +128,44 @@ func splitPath(p string) []string {
 		}
 	}
 	return out
+}
+
+func TestBackendValueRefusesInvalidUTF8(t *testing.T) {
+	for _, tc := range []struct {
+		body   string
+		target []string
+		ok     bool
+	}{
+		{`{"name":"café"}`, nil, true},
+		{" \n", nil, true},                                                  // empty: null
+		{"{\"name\":\"caf\xe9\"}", nil, false},                              // Latin-1 byte inside a string
+		{"{\"name\":\"\xed\xa0\x80\"}", nil, false},                         // UTF-8-encoded surrogate
+		{"{\"n\xff\":1}", nil, false},                                       // in a key
+		{"{\"a\":{\"b\":\"ok\"},\"c\":\"\xc0\xaf\"}", []string{"a"}, false}, // outside the target too
+		{"\xef\xbb\xbf{}", nil, false},                                      // a byte order mark is not JSON text
+		{`{"s":"\ud800"}`, nil, true},                                       // an escaped lone surrogate is valid JSON text
+	} {
+		v, ok := backendValue([]byte(tc.body), tc.target)
+		if ok != tc.ok {
+			t.Errorf("%q: ok %v, want %v", tc.body, ok, tc.ok)
+			continue
+		}
+		if ok && !utf8.Valid(v) {
+			t.Errorf("%q: value %q is not UTF-8", tc.body, v)
+		}
+	}
+	// Through the envelope: one bad backend, the others intact, valid UTF-8.
+	backends := backendsFor(t, Backend{Name: "good"}, Backend{Name: "bad"})
+	good, _ := backendValue([]byte(`{"x":"ü"}`), nil)
+	_, ok := backendValue([]byte("{\"x\":\"\xfc\"}"), nil)
+	results := []result{{status: 200, value: good}, {status: 200}}
+	if !ok {
+		results[1].code = codeInvalidJSON
+	}
+	var buf bytes.Buffer
+	writeEnvelope(&buf, backends, results)
+	if !utf8.Valid(buf.Bytes()) || !json.Valid(buf.Bytes()) ||
+		buf.String() != `{"data":{"good":{"x":"ü"},"bad":null},"errors":[{"backend":"bad","code":"invalid_json","status":200}]}` {
+		t.Fatalf("envelope %s", buf.Bytes())
+	}
 }

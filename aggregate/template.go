@@ -19,7 +19,7 @@ type urlTemplate struct {
 	query    []piece // query pieces (without '?'); values query-escaped
 	hasQuery bool
 	size     int  // length of the literal text, to size the builder
-	private  bool // a placeholder carries per-client data (see privatePrefixes)
+	private  bool // a placeholder may carry per-client data (see isPrivateKey)
 }
 
 // piece is a literal text or, when key is set, a placeholder.
@@ -28,23 +28,41 @@ type piece struct {
 	key string
 }
 
-// privatePrefixes are placeholder namespaces whose values come from the
-// client's credentials or headers. A response built with any of them is
-// marked private.
-var privatePrefixes = []string{
-	"http.auth.",
-	"http.request.header.",
-	"http.request.cookie.",
-	"http.request.tls.client.",
+// A response built with a placeholder is private (Cache-Control: private,
+// no-store) unless the placeholder is known to hold the same value for every
+// client asking for the same URL: a shared cache keys on the method and URL,
+// so values taken from them are safe, as are values independent of the
+// request. Everything else (identity, client address, headers, cookies, TLS
+// client data, vars, regexp captures, placeholders of other modules) may
+// differ between two clients of one URL.
+var publicKeys = map[string]bool{
+	"http.request.method":      true,
+	"http.request.orig_method": true,
+	"http.request.scheme":      true,
+	"http.request.host":        true,
+	"http.request.hostport":    true,
+	"http.request.port":        true,
+	"http.request.uuid":        true, // random per request, about no one
+}
+
+var publicPrefixes = []string{
+	"http.request.uri",      // uri, uri.path, uri.path.*, uri.query, uri.query.*, ...
+	"http.request.orig_uri", // the same, before rewrites
+	"env.",
+	"system.",
+	"time.",
 }
 
 func isPrivateKey(key string) bool {
-	for _, p := range privatePrefixes {
+	if key == "" || publicKeys[key] {
+		return false
+	}
+	for _, p := range publicPrefixes {
 		if strings.HasPrefix(key, p) {
-			return true
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // errBadValue is wrapped by every error expand returns: the request, not the
@@ -261,10 +279,15 @@ type headerTemplate struct {
 
 func compileHeader(v string) headerTemplate {
 	h := headerTemplate{raw: v, dynamic: strings.ContainsAny(v, "{}")}
-	if pieces, err := splitPlaceholders(v); err == nil {
-		for _, p := range pieces {
-			h.private = h.private || isPrivateKey(p.key)
-		}
+	pieces, err := splitPlaceholders(v)
+	if err != nil {
+		// Braces the splitter does not understand may still hold a
+		// placeholder the replacer expands: assume the worst.
+		h.private = h.dynamic
+		return h
+	}
+	for _, p := range pieces {
+		h.private = h.private || isPrivateKey(p.key)
 	}
 	return h
 }

@@ -19,7 +19,7 @@ func TestCompileURL(t *testing.T) {
 		{raw: "http://127.0.0.1:9001"},
 		{raw: "HTTP://127.0.0.1:9001/a#static-fragment"},
 		{raw: "http://[::1]:9001/a/{x}"},
-		{raw: "http://u:p@127.0.0.1/a/{x}"},
+		{raw: "http://u:p@127.0.0.1/a/{x}"}, //nolint:gosec // not a credential
 		{raw: "{s}://127.0.0.1/a", err: "placeholder in the scheme"},
 		{raw: "http{s}://127.0.0.1/a", err: "placeholder in the scheme"},
 		{raw: "http://{host}/a", err: "placeholder in the host"},
@@ -94,7 +94,7 @@ func TestExpandURL(t *testing.T) {
 			t.Errorf("%q: got %s, want %s", tc.value, got, tc.wantURL)
 		}
 		// What a backend would decode from it.
-		req, err := http.NewRequest(http.MethodGet, got, nil)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, got, nil)
 		if err != nil {
 			t.Fatalf("%q: %v", tc.value, err)
 		}
@@ -161,5 +161,60 @@ func TestHeaderTemplate(t *testing.T) {
 	}
 	if v, err := compileHeader("{tab}").expand(repl); err != nil || v != "a\tb" {
 		t.Errorf("tab in header value: %q, %v", v, err)
+	}
+}
+
+func TestPrivatePlaceholders(t *testing.T) {
+	for key, private := range map[string]bool{
+		"http.request.uri":                false,
+		"http.request.uri.path":           false,
+		"http.request.uri.path.0":         false,
+		"http.request.uri.query.id":       false,
+		"http.request.orig_uri.query":     false,
+		"http.request.method":             false,
+		"http.request.host":               false,
+		"http.request.uuid":               false,
+		"env.API_VERSION":                 false,
+		"time.now.unix":                   false,
+		"http.auth.user.id":               true,
+		"http.auth.user.email":            true,
+		"http.request.remote":             true,
+		"http.request.remote.host":        true,
+		"http.request.remote.port":        true,
+		"http.vars.client_ip":             true, // {client_ip}
+		"http.request.header.X-Tenant":    true,
+		"http.request.cookie.session":     true,
+		"http.request.tls.client.subject": true,
+		"http.request.tls.cipher_suite":   true,
+		"http.vars.anything":              true,
+		"http.regexp.name.1":              true,
+		"http.matchers.header.x":          true,
+		"http.request.hostnameX":          true, // unknown: private
+		"something.else":                  true,
+	} {
+		if got := isPrivateKey(key); got != private {
+			t.Errorf("{%s}: private %v, want %v", key, got, private)
+		}
+	}
+	for raw, private := range map[string]bool{
+		"http://127.0.0.1/u/{http.request.uri.query.id}":   false,
+		"http://127.0.0.1/u/{http.request.remote.host}":    true,
+		"http://127.0.0.1/u?ip={http.vars.client_ip}":      true,
+		"http://127.0.0.1/u?c={http.request.cookie.c}":     true,
+		"http://127.0.0.1/{http.request.uri.path.0}/x":     false,
+		"http://127.0.0.1/u/{http.auth.user.id}?q={env.X}": true,
+	} {
+		u, err := compileURL(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.private != private {
+			t.Errorf("%s: private %v, want %v", raw, u.private, private)
+		}
+	}
+	// A header value whose braces the splitter refuses may still hold a
+	// placeholder the replacer expands.
+	if !compileHeader("}{http.request.remote.host}").private {
+		t.Error("malformed header template with a client placeholder not private")
 	}
 }

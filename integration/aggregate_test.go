@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 // aggUpstream is a loopback backend for aggregate tests: it runs handle and
@@ -97,7 +99,7 @@ func aggDecode(t *testing.T, body string) aggEnvelope {
 
 // aggErrors renders the errors list as "backend:code:status" items.
 func (e aggEnvelope) errs() []string {
-	var out []string
+	out := make([]string, 0, len(e.Errors))
 	for _, x := range e.Errors {
 		s := x.Backend + ":" + x.Code
 		if x.Status != nil {
@@ -106,6 +108,21 @@ func (e aggEnvelope) errs() []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// sent is what send returns: the status and headers of a response whose
+// body was read and closed.
+type sent struct {
+	StatusCode int
+	Header     http.Header
+}
+
+// send runs do and returns the status and headers with the body, so that
+// callers hold no *http.Response.
+func send(t *testing.T, tc *caddytest.Tester, req *http.Request) (sent, string) {
+	t.Helper()
+	resp, body := do(t, tc, req) //nolint:bodyclose // do closed it
+	return sent{resp.StatusCode, resp.Header}, body
 }
 
 func TestAggregateEnvelopeAllSucceeded(t *testing.T) {
@@ -125,7 +142,7 @@ func TestAggregateEnvelopeAllSucceeded(t *testing.T) {
 			target items.1
 		}
 	}`)
-	resp, body := do(t, tc, get(t, "/dash"))
+	resp, body := send(t, tc, get(t, "/dash"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -160,7 +177,7 @@ func TestAggregateOptionalFailureGivesPartial200(t *testing.T) {
 		}
 		backend gone `+aggClosedURL()+`/x
 	}`)
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Aggregate-Complete") != "false" {
 		t.Fatalf("status %d complete %q: %s", resp.StatusCode, resp.Header.Get("X-Aggregate-Complete"), body)
 	}
@@ -186,7 +203,7 @@ func TestAggregateRequiredFailureGives502(t *testing.T) {
 			required
 		}
 	}`)
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Aggregate-Complete") != "false" {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -206,7 +223,7 @@ func TestAggregateAllFailedGives502(t *testing.T) {
 		backend a `+bad.URL+`
 		backend b `+aggClosedURL()+`
 	}`)
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -233,7 +250,7 @@ func TestAggregateAllTimedOutGives504(t *testing.T) {
 		timeout 200ms
 	}`)
 	start := time.Now()
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -254,7 +271,7 @@ func TestAggregateAllTimedOutGives504(t *testing.T) {
 			timeout 50ms
 		}
 	}`)
-	resp, body = do(t, tc, get(t, "/"))
+	resp, body = send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("required timeout: status %d: %s", resp.StatusCode, body)
 	}
@@ -323,7 +340,7 @@ func TestAggregateTooLarge(t *testing.T) {
 		backend small `+small.URL+`
 		max_body 2KB
 	}`)
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -344,7 +361,7 @@ func TestAggregateInvalidJSON(t *testing.T) {
 	}
 	var site strings.Builder
 	site.WriteString("aggregate {\n")
-	names := []string{}
+	names := make([]string, 0, len(cases))
 	for name, b := range cases {
 		u := newAggUpstream(t, aggJSON(b))
 		fmt.Fprintf(&site, "backend %s %s\n", name, u.URL)
@@ -353,12 +370,12 @@ func TestAggregateInvalidJSON(t *testing.T) {
 	good := newAggUpstream(t, aggJSON(` [1, 2] `))
 	fmt.Fprintf(&site, "backend good %s\n}", good.URL)
 	tc := gateway(t, "", site.String())
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
 	env := aggDecode(t, body)
-	var want []string
+	want := make([]string, 0, len(names))
 	for _, n := range names {
 		want = append(want, n+":invalid_json:200")
 		if string(env.Data[n]) != "null" {
@@ -378,7 +395,7 @@ func TestAggregateUnreachable(t *testing.T) {
 	aggregate {
 		backend a `+aggClosedURL()+`/a
 	}`)
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway || body != `{"data":{"a":null},"errors":[{"backend":"a","code":"unreachable"}]}` {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -393,7 +410,7 @@ func TestAggregateRedirectNotFollowed(t *testing.T) {
 	aggregate {
 		backend r `+redirect.URL+`
 	}`)
-	resp, body := do(t, tc, get(t, "/"))
+	resp, body := send(t, tc, get(t, "/"))
 	if resp.StatusCode != http.StatusBadGateway || body != `{"data":{"r":null},"errors":[{"backend":"r","code":"status","status":302}]}` {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -416,13 +433,13 @@ func TestAggregatePathValueDotDotRefused(t *testing.T) {
 	for _, q := range []string{
 		"/?id=..&x=1", "/?id=.", "/?id=", "/", "/?id=%00", "/?id=a%0d%0aX-Evil:%201", "/?id=%7f",
 	} {
-		resp, body := do(t, tc, get(t, q, "X-Id", "ok"))
+		resp, body := send(t, tc, get(t, q, "X-Id", "ok"))
 		if resp.StatusCode != http.StatusBadRequest || body != "refused 400" {
 			t.Errorf("%s: status %d %q, want 400 through handle_errors", q, resp.StatusCode, body)
 		}
 	}
 	for _, h := range []string{"..", "."} {
-		resp, _ := do(t, tc, get(t, "/?id=ok", "X-Id", h))
+		resp, _ := send(t, tc, get(t, "/?id=ok", "X-Id", h))
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("header value %q: status %d, want 400", h, resp.StatusCode)
 		}
@@ -431,7 +448,7 @@ func TestAggregatePathValueDotDotRefused(t *testing.T) {
 		t.Fatalf("backends were called %d times for refused requests", n)
 	}
 	// And a good value gets through.
-	resp, body := do(t, tc, get(t, "/?id=u1", "X-Id", "h1"))
+	resp, body := send(t, tc, get(t, "/?id=u1", "X-Id", "h1"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -452,7 +469,7 @@ func TestAggregatePathValueEscaping(t *testing.T) {
 		{"id=%252e%252e", "/users/%252e%252e/profile", "/users/%2e%2e/profile"},
 	} {
 		before := up.hits.Load()
-		resp, body := do(t, tc, get(t, "/?"+tt.query))
+		resp, body := send(t, tc, get(t, "/?"+tt.query))
 		if tt.path == "" {
 			if resp.StatusCode != http.StatusBadRequest || up.hits.Load() != before {
 				t.Errorf("%s: status %d, hits %d; want 400 and no call", tt.query, resp.StatusCode, up.hits.Load()-before)
@@ -475,7 +492,7 @@ func TestAggregateQueryValueEscaped(t *testing.T) {
 	aggregate {
 		backend search `+up.URL+`/search?q={query.q}&user=1
 	}`)
-	resp, body := do(t, tc, get(t, "/?q=a%26user%3D2"))
+	resp, body := send(t, tc, get(t, "/?q=a%26user%3D2"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -503,7 +520,7 @@ func TestAggregateOnlyForwardedHeadersArrive(t *testing.T) {
 		backend b `+up.URL+`/b
 		forward_headers Authorization X-Tenant
 	}`)
-	resp, body := do(t, tc, get(t, "/",
+	resp, body := send(t, tc, get(t, "/",
 		"Authorization", "Bearer abc",
 		"Cookie", "session=secret",
 		"X-Tenant", "t1",
@@ -523,7 +540,7 @@ func TestAggregateOnlyForwardedHeadersArrive(t *testing.T) {
 	reqs := slices.Clone(up.reqs)
 	up.mu.Unlock()
 	for _, r := range reqs {
-		var keys []string
+		keys := make([]string, 0, len(r.Header))
 		for k := range r.Header {
 			keys = append(keys, k)
 		}
@@ -546,7 +563,7 @@ func TestAggregateOnlyForwardedHeadersArrive(t *testing.T) {
 	// Nothing forwarded, and a header line from X-Request-Id (a client
 	// header): still private. A plain request to a site without either is
 	// cacheable (see TestAggregateEnvelopeAllSucceeded).
-	resp, _ = do(t, tc, get(t, "/"))
+	resp, _ = send(t, tc, get(t, "/"))
 	if cc := resp.Header.Get("Cache-Control"); cc != "private, no-store" {
 		t.Errorf("Cache-Control %q for a response built from a client header", cc)
 	}
@@ -554,7 +571,7 @@ func TestAggregateOnlyForwardedHeadersArrive(t *testing.T) {
 
 func TestAggregateMethodHeaderTarget(t *testing.T) {
 	up := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, `{"method":%q,"len":%d,"deep":{"list":[{"v":"x"},{"v":%q}]}}`, r.Method, r.ContentLength, r.Header.Get("X-Q"))
+		fmt.Fprintf(w, `{"method":%q,"len":%d,"deep":{"list":[{"v":"x"},{"v":%q}]}}`, r.Method, r.ContentLength, r.Header.Get("X-Q")) //nolint:gosec // a JSON test backend
 	})
 	tc := gateway(t, "", `
 	aggregate {
@@ -570,7 +587,7 @@ func TestAggregateMethodHeaderTarget(t *testing.T) {
 			target deep.nope
 		}
 	}`)
-	resp, body := do(t, tc, get(t, "/?q=hello"))
+	resp, body := send(t, tc, get(t, "/?q=hello"))
 	want := `{"data":{"post":"hello","whole":{"method":"DELETE","len":0,"deep":{"list":[{"v":"x"},{"v":""}]}},"missing":null}}`
 	if resp.StatusCode != http.StatusOK || body != want {
 		t.Fatalf("status %d\n got %s\nwant %s", resp.StatusCode, body, want)
@@ -578,9 +595,9 @@ func TestAggregateMethodHeaderTarget(t *testing.T) {
 }
 
 func TestAggregateIdentityFromJWTInURL(t *testing.T) {
-	const secret = "aggregate-test-secret-0123456789abcdef"
+	const secret = "aggregate-test-secret-0123456789abcdef" //nolint:gosec // a test key
 	up := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, `{"path":%q,"x_user_id":%q}`, r.URL.EscapedPath(), r.Header.Get("X-User-Id"))
+		fmt.Fprintf(w, `{"path":%q,"x_user_id":%q}`, r.URL.EscapedPath(), r.Header.Get("X-User-Id")) //nolint:gosec // a JSON test backend
 	})
 	tc := gateway(t, "", `
 	jwt_auth {
@@ -600,7 +617,7 @@ func TestAggregateIdentityFromJWTInURL(t *testing.T) {
 		}
 		return "Bearer " + s
 	}
-	resp, body := do(t, tc, get(t, "/", "Authorization", tok("alice")))
+	resp, body := send(t, tc, get(t, "/", "Authorization", tok("alice")))
 	if resp.StatusCode != http.StatusOK || body != `{"data":{"me":{"path":"/users/alice","x_user_id":"alice"}}}` {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
@@ -608,18 +625,18 @@ func TestAggregateIdentityFromJWTInURL(t *testing.T) {
 		t.Errorf("identity response Cache-Control %q", cc)
 	}
 	// A subject with a slash stays one segment.
-	resp, body = do(t, tc, get(t, "/", "Authorization", tok("../admin")))
+	resp, body = send(t, tc, get(t, "/", "Authorization", tok("../admin")))
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"path":"/users/..%2Fadmin"`) {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
 	before := up.hits.Load()
 	for _, sub := range []string{"..", ".", "a\x00b"} {
-		resp, _ = do(t, tc, get(t, "/", "Authorization", tok(sub)))
+		resp, _ = send(t, tc, get(t, "/", "Authorization", tok(sub)))
 		if resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("sub %q: status %d, want 400", sub, resp.StatusCode)
 		}
 	}
-	resp, _ = do(t, tc, get(t, "/", "Authorization", tok("..")))
+	resp, _ = send(t, tc, get(t, "/", "Authorization", tok("..")))
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("sub \"..\": status %d, want 400", resp.StatusCode)
 	}
@@ -637,7 +654,7 @@ func TestAggregateConnectionsReused(t *testing.T) {
 		backend c `+up.URL+`/c
 	}`)
 	for range 30 {
-		if resp, body := do(t, tc, get(t, "/")); resp.StatusCode != http.StatusOK {
+		if resp, body := send(t, tc, get(t, "/")); resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 	}
@@ -708,7 +725,7 @@ func TestAggregateLatencyThroughCaddy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("measurement only")
 	}
-	var ups []*aggUpstream
+	ups := make([]*aggUpstream, 0, 3)
 	for i := range 3 {
 		ups = append(ups, newAggUpstream(t, aggJSON(fmt.Sprintf(`{"backend":%d,"items":[1,2,3],"name":"some text here"}`, i))))
 	}

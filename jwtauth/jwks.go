@@ -3,18 +3,11 @@ package jwtauth
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rsa"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,10 +62,11 @@ type remoteKeySet struct {
 	// issuer binds the keys to one issuer (oidc_issuer); empty for jwks_url.
 	issuer string
 	// url is the JWKS URL (jwks_url), or found by discovery.
-	url     string
-	client  *http.Client
-	logger  *zap.Logger
-	metrics *metrics
+	url    string
+	client *http.Client
+	// logger is the logger of the config that last took the set: a set
+	// outlives the config that made it.
+	logger atomic.Pointer[zap.Logger]
 
 	current    atomic.Pointer[keySet]
 	generation atomic.Uint64 // bumped whenever the keys change
@@ -88,13 +82,13 @@ type remoteKeySet struct {
 	cancel context.CancelFunc
 }
 
-func newRemoteKeySet(issuer, url string, logger *zap.Logger, m *metrics) *remoteKeySet {
+// newRemoteKeySet makes the set and starts its refresh loop, which runs
+// until Destruct. Only called once the config naming it is known good.
+func newRemoteKeySet(issuer, url string, logger *zap.Logger) *remoteKeySet {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &remoteKeySet{
-		issuer:  issuer,
-		url:     url,
-		logger:  logger,
-		metrics: m,
+		issuer: issuer,
+		url:    url,
 		client: &http.Client{
 			Timeout: jwksFetchTimeout,
 			// Redirects are not followed: the configured URL is the one
@@ -104,6 +98,7 @@ func newRemoteKeySet(issuer, url string, logger *zap.Logger, m *metrics) *remote
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	s.logger.Store(logger)
 	go s.refreshLoop()
 	return s
 }
@@ -219,8 +214,8 @@ func (s *remoteKeySet) fetch() (time.Duration, error) {
 		if url == "" {
 			u, err := s.discover(ctx)
 			if err != nil {
-				s.metrics.jwksFetch("error")
-				s.logger.Warn("OpenID discovery failed; keeping the last key set", zap.String("issuer", s.issuer), zap.Error(err))
+				jwksFetchError.Inc()
+				s.logger.Load().Warn("OpenID discovery failed; keeping the last key set", zap.String("issuer", s.issuer), zap.Error(err))
 				return 0, err
 			}
 			s.mu.Lock()
@@ -237,24 +232,26 @@ func (s *remoteKeySet) fetch() (time.Duration, error) {
 			s.jwksURI = ""
 			s.mu.Unlock()
 		}
-		s.metrics.jwksFetch("error")
-		s.logger.Warn("fetching JWKS failed; keeping the last key set", zap.String("url", url), zap.Error(err))
+		jwksFetchError.Inc()
+		s.logger.Load().Warn("fetching JWKS failed; keeping the last key set", zap.String("url", url), zap.Error(err))
 		return 0, err
 	}
 	keys, skipped, err := parseJWKS(body, false)
 	if err != nil {
-		s.metrics.jwksFetch("error")
-		s.logger.Warn("invalid JWKS; keeping the last key set", zap.String("url", url), zap.Error(err))
+		jwksFetchError.Inc()
+		s.logger.Load().Warn("invalid JWKS; keeping the last key set", zap.String("url", url), zap.Error(err))
 		return 0, err
 	}
-	for _, msg := range skipped {
-		s.logger.Warn("JWKS key skipped", zap.String("url", url), zap.String("reason", msg))
+	if len(skipped) > 0 {
+		// One line per fetch, however much junk the set holds.
+		s.logger.Load().Warn("JWKS keys skipped", zap.String("url", url),
+			zap.Int("skipped", len(skipped)), zap.Strings("reasons", firstReasons(skipped)))
 	}
 	if old := s.current.Load(); old == nil || !sameKeys(old.keys, keys) {
 		s.current.Store(&keySet{keys: keys})
 		s.generation.Add(1)
 	}
-	s.metrics.jwksFetch("ok")
+	jwksFetchOK.Inc()
 	return refreshInterval(header.Get("Cache-Control")), nil
 }
 
@@ -308,21 +305,36 @@ func (s *remoteKeySet) get(ctx context.Context, url string) ([]byte, http.Header
 }
 
 // refreshInterval reads max-age from Cache-Control, clamped to
-// [jwksMinRefresh, jwksMaxRefresh]; jwksDefaultRefresh without one.
+// [jwksMinRefresh, jwksMaxRefresh]; no-store or no-cache mean
+// jwksMinRefresh (the issuer wants the set fetched afresh); jwksDefaultRefresh
+// without any of them.
 func refreshInterval(cacheControl string) time.Duration {
+	interval := jwksDefaultRefresh
 	for dir := range strings.SplitSeq(cacheControl, ",") {
 		name, value, _ := strings.Cut(strings.TrimSpace(dir), "=")
-		if !strings.EqualFold(name, "max-age") {
-			continue
+		switch {
+		case strings.EqualFold(name, "no-store"), strings.EqualFold(name, "no-cache"):
+			return jwksMinRefresh
+		case strings.EqualFold(name, "max-age") && interval == jwksDefaultRefresh:
+			secs, err := strconv.ParseInt(strings.Trim(value, `"`), 10, 64)
+			if err != nil || secs < 0 {
+				continue
+			}
+			d := time.Duration(min(secs, int64(jwksMaxRefresh/time.Second))) * time.Second
+			interval = min(max(d, jwksMinRefresh), jwksMaxRefresh)
 		}
-		secs, err := strconv.ParseInt(strings.Trim(value, `"`), 10, 64)
-		if err != nil || secs < 0 {
-			break
-		}
-		d := time.Duration(min(secs, int64(jwksMaxRefresh/time.Second))) * time.Second
-		return min(max(d, jwksMinRefresh), jwksMaxRefresh)
 	}
-	return jwksDefaultRefresh
+	return interval
+}
+
+// maxLoggedReasons bounds the reasons a "keys skipped" line carries.
+const maxLoggedReasons = 5
+
+func firstReasons(reasons []string) []string {
+	if len(reasons) > maxLoggedReasons {
+		return append(reasons[:maxLoggedReasons:maxLoggedReasons], fmt.Sprintf("and %d more", len(reasons)-maxLoggedReasons))
+	}
+	return reasons
 }
 
 func sameKeys(a, b []verificationKey) bool {
@@ -346,157 +358,4 @@ func keyEqual(a, b any) bool {
 		return x.Equal(b)
 	}
 	return false
-}
-
-// jwk is one JSON Web Key (RFC 7517), the members this module reads.
-type jwk struct {
-	Kty    string   `json:"kty"`
-	Kid    string   `json:"kid"`
-	Alg    string   `json:"alg"`
-	Use    string   `json:"use"`
-	KeyOps []string `json:"key_ops"`
-	Crv    string   `json:"crv"`
-	N      string   `json:"n"`
-	E      string   `json:"e"`
-	X      string   `json:"x"`
-	Y      string   `json:"y"`
-	K      string   `json:"k"`
-	D      string   `json:"d"`
-}
-
-// parseJWKS parses a JWK Set. Keys that are weak, not for signatures,
-// private, symmetric (unless allowSymmetric: only local files may hold
-// secrets) or of an unsupported type are skipped, each with a reason. Each
-// key is pinned to its JWK alg, else to what its type and curve imply.
-func parseJWKS(data []byte, allowSymmetric bool) ([]verificationKey, []string, error) {
-	var set struct {
-		Keys []json.RawMessage `json:"keys"`
-	}
-	if err := json.Unmarshal(data, &set); err != nil {
-		return nil, nil, fmt.Errorf("not a JWK Set: %w", err)
-	}
-	if set.Keys == nil {
-		return nil, nil, errors.New(`not a JWK Set: no "keys" array`)
-	}
-	var keys []verificationKey
-	var skipped []string
-	for i, raw := range set.Keys {
-		if len(keys) == jwksMaxKeys {
-			skipped = append(skipped, fmt.Sprintf("keys after the first %d ignored", jwksMaxKeys))
-			break
-		}
-		var k jwk
-		if err := json.Unmarshal(raw, &k); err != nil {
-			skipped = append(skipped, fmt.Sprintf("key %d: %v", i, err))
-			continue
-		}
-		vk, err := k.verificationKey(allowSymmetric)
-		if err != nil {
-			skipped = append(skipped, fmt.Sprintf("key %d (kid %q): %v", i, k.Kid, err))
-			continue
-		}
-		keys = append(keys, vk)
-	}
-	return keys, skipped, nil
-}
-
-func (k *jwk) verificationKey(allowSymmetric bool) (verificationKey, error) {
-	if k.Use != "" && k.Use != "sig" {
-		return verificationKey{}, fmt.Errorf("use %q is not sig", k.Use)
-	}
-	if k.KeyOps != nil && !contains(k.KeyOps, "verify") {
-		return verificationKey{}, errors.New("key_ops lacks verify")
-	}
-	if k.D != "" {
-		return verificationKey{}, errors.New("private key material published")
-	}
-	var pub any
-	switch k.Kty {
-	case "RSA":
-		n, err1 := b64int(k.N)
-		e, err2 := b64int(k.E)
-		if err1 != nil || err2 != nil || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
-			return verificationKey{}, errors.New("bad RSA n or e")
-		}
-		pub = &rsa.PublicKey{N: n, E: int(e.Int64())}
-	case "EC":
-		var curve elliptic.Curve
-		switch k.Crv {
-		case "P-256":
-			curve = elliptic.P256()
-		case "P-384":
-			curve = elliptic.P384()
-		case "P-521":
-			curve = elliptic.P521()
-		default:
-			return verificationKey{}, fmt.Errorf("unsupported curve %q", k.Crv)
-		}
-		x, err1 := b64int(k.X)
-		y, err2 := b64int(k.Y)
-		if err1 != nil || err2 != nil {
-			return verificationKey{}, errors.New("bad EC x or y")
-		}
-		size := (curve.Params().BitSize + 7) / 8
-		point := make([]byte, 1+2*size)
-		point[0] = 4
-		if len(x.Bytes()) > size || len(y.Bytes()) > size {
-			return verificationKey{}, errors.New("bad EC x or y")
-		}
-		x.FillBytes(point[1 : 1+size])
-		y.FillBytes(point[1+size:])
-		ecKey, err := ecdsa.ParseUncompressedPublicKey(curve, point)
-		if err != nil {
-			return verificationKey{}, errors.New("EC point not on the curve")
-		}
-		pub = ecKey
-	case "OKP":
-		if k.Crv != "Ed25519" {
-			return verificationKey{}, fmt.Errorf("unsupported OKP curve %q", k.Crv)
-		}
-		x, err := base64.RawURLEncoding.DecodeString(k.X)
-		if err != nil || len(x) != ed25519.PublicKeySize {
-			return verificationKey{}, errors.New("bad Ed25519 x")
-		}
-		pub = ed25519.PublicKey(x)
-	case "oct":
-		if !allowSymmetric {
-			return verificationKey{}, errors.New("symmetric key in a remote set")
-		}
-		secret, err := base64.RawURLEncoding.DecodeString(k.K)
-		if err != nil {
-			return verificationKey{}, errors.New("bad oct k")
-		}
-		pub = secret
-	default:
-		return verificationKey{}, fmt.Errorf("unsupported kty %q", k.Kty)
-	}
-	algs, err := pinKey(pub, k.Alg, allAlgSet)
-	if err != nil {
-		return verificationKey{}, err
-	}
-	return verificationKey{kid: k.Kid, algs: algs, key: pub}, nil
-}
-
-func b64int(s string) (*big.Int, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) == 0 {
-		return nil, errors.New("bad base64url integer")
-	}
-	return new(big.Int).SetBytes(b), nil
-}
-
-// loadJWKSFile reads a local JWK Set (which may hold oct secrets).
-func loadJWKSFile(filename string) ([]verificationKey, []string, error) {
-	data, err := os.ReadFile(filename)
-	if err != nil {
-		return nil, nil, err
-	}
-	keys, skipped, err := parseJWKS(data, true)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", filename, err)
-	}
-	if len(keys) == 0 {
-		return nil, skipped, fmt.Errorf("%s: no usable key (%s)", filename, strings.Join(skipped, "; "))
-	}
-	return keys, skipped, nil
 }

@@ -9,15 +9,20 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 func TestParseJWKSKeyRules(t *testing.T) {
-	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024) //nolint:gosec // a weak key is what this test must see refused
 	strong := privateKey(t, "rsa2048.key").(*rsa.PrivateKey)
 	ec := privateKey(t, "ec256.key").(*ecdsa.PrivateKey)
 	pt, _ := ec.PublicKey.Bytes()
@@ -77,7 +82,10 @@ func TestParseJWKSKeyRules(t *testing.T) {
 func TestRefreshInterval(t *testing.T) {
 	for cc, want := range map[string]time.Duration{
 		"":                            jwksDefaultRefresh,
-		"no-cache":                    jwksDefaultRefresh,
+		"no-cache":                    jwksMinRefresh,
+		"no-store":                    jwksMinRefresh,
+		"No-Store, max-age=3600":      jwksMinRefresh,
+		"max-age=3600, no-cache":      jwksMinRefresh,
 		"public, max-age=3600":        time.Hour,
 		"max-age=5":                   jwksMinRefresh,
 		"max-age=99999999999999":      jwksMaxRefresh,
@@ -95,7 +103,7 @@ func TestTokenCache(t *testing.T) {
 	c := newTokenCache()
 	now := time.Unix(1000, 0)
 	k := tokenKey("token-a")
-	claims := jwt.MapClaims{"sub": "a"}
+	claims := &grant{claims: jwt.MapClaims{"sub": "a"}}
 	c.put(&k, claims, 1, now.Add(time.Minute), now)
 	if _, ok := c.get(&k, 1, now); !ok {
 		t.Fatal("miss right after put")
@@ -116,7 +124,7 @@ func TestTokenCache(t *testing.T) {
 		t.Fatal("stale put stored")
 	}
 	// Bounded.
-	for i := 0; i < 3*tokenCacheSize; i++ {
+	for i := range 3 * tokenCacheSize {
 		key := tokenKey("t" + string(rune(i)) + itoa(i))
 		c.put(&key, claims, 2, now.Add(time.Minute), now)
 	}
@@ -125,15 +133,25 @@ func TestTokenCache(t *testing.T) {
 	}
 }
 
+func testCounters(t testing.TB) *counters {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	c, err := newCounters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
 
 // A token verified once is served from the cache, with its time claims
 // checked on every hit.
 func TestHandlerCacheRechecksTime(t *testing.T) {
 	now := testNow
-	h := &Handler{now: func() time.Time { return now }}
+	h := &Handler{now: func() time.Time { return now }, counters: testCounters(t)}
 	keys, _ := staticKeys(testSecret, nil, allAlgSet)
-	h.verifier = newVerifier(staticKeySet(keys), keys[0].algs, 0, 0, nil, nil, nil, nil, false, h.now)
+	h.verifier = newVerifier(verifierConfig{keys: staticKeySet(keys), allowed: keys[0].algs, now: h.now})
 	h.cache = newTokenCache()
 	tok := hs256(t, `{"sub":"a","exp":1800000010}`)
 	if _, err := h.verify(context.Background(), tok); err != nil {
@@ -161,7 +179,7 @@ func BenchmarkVerifyCached(b *testing.B) {
 	for i, tc := range benchAlgs {
 		b.Run(tc.name, func(b *testing.B) {
 			v, token := benchSetup(b, i)
-			h := &Handler{now: frozen, verifier: v, cache: newTokenCache()}
+			h := &Handler{now: frozen, verifier: v, cache: newTokenCache(), counters: testCounters(b)}
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := h.verify(context.Background(), token); err != nil {
@@ -203,4 +221,29 @@ func (c *tokenCache) len() int {
 		c.shards[i].mu.Unlock()
 	}
 	return n
+}
+
+// A key set served with no-store or no-cache (as Hydra does) is refreshed
+// at the minimum interval, so a key deleted at the issuer is dropped soon.
+func TestFetchNoStoreRefreshesAtMinimum(t *testing.T) {
+	for cc, want := range map[string]time.Duration{
+		"no-store":             jwksMinRefresh,
+		"no-cache":             jwksMinRefresh,
+		"private, max-age=600": 10 * time.Minute,
+		"":                     jwksDefaultRefresh,
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if cc != "" {
+				w.Header().Set("Cache-Control", cc)
+			}
+			_, _ = w.Write([]byte(`{"keys":[]}`))
+		}))
+		s := &remoteKeySet{url: srv.URL, client: srv.Client(), ctx: context.Background()}
+		s.logger.Store(zap.NewNop())
+		next, err := s.fetch()
+		srv.Close()
+		if err != nil || next != want {
+			t.Errorf("Cache-Control %q: next refresh in %v (%v), want %v", cc, next, err, want)
+		}
+	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,13 +65,14 @@ type Handler struct {
 
 	// PEM files holding public keys: SPKI ("PUBLIC KEY"), PKCS#1 ("RSA
 	// PUBLIC KEY") or X.509 certificates; RSA (2048 bits or more, RS* and
-	// PS*), EC P-256/P-384/P-521 (ES256/384/512) or Ed25519 (EdDSA). Every
-	// key in every file is used. Read at load.
+	// PS*), EC P-256/P-384/P-521 (ES256/384/512) or Ed25519 (EdDSA and
+	// Ed25519). Every key in every file is used. Read and checked at load
+	// (provision), never by the Caddyfile parser.
 	PublicKeys []string `json:"public_key,omitempty"`
 
 	// URLs of remote JWK Sets (RFC 7517). Each is fetched at load without
 	// blocking start-up, refreshed on its Cache-Control max-age (clamped to
-	// 1m..24h, 15m without one), refetched when a token names an unknown
+	// 1m..24h; 1m for no-store or no-cache; 15m without any), refetched when a token names an unknown
 	// kid (at most once per 5s per URL, concurrent misses sharing one
 	// fetch), and kept when a refresh fails. Redirects are not followed;
 	// a fetch has 10s and 1 MiB at most. While no set has ever loaded,
@@ -77,11 +80,13 @@ type Handler struct {
 	// every handler naming the same URL and survive config reloads. Keys
 	// without "alg" are pinned by key type and curve; weak keys, private
 	// or symmetric keys, and keys whose "use" is not "sig" are skipped
-	// with a warning. Keys from these URLs serve every accepted issuer.
+	// (one warning line per fetch). Keys from these URLs serve every
+	// accepted issuer. Fetching starts only once the config is valid.
 	JWKSURLs []string `json:"jwks_url,omitempty"`
 
-	// Local JWK Set files, read at load; the same key rules as jwks_url,
-	// except that symmetric ("oct") keys are allowed.
+	// Local JWK Set files, read and checked at load (provision); the same
+	// key rules as jwks_url, except that symmetric ("oct") keys are
+	// allowed.
 	JWKSFiles []string `json:"jwks_file,omitempty"`
 
 	// OpenID Connect issuers. The key set is found through
@@ -91,19 +96,22 @@ type Handler struct {
 	// added to the accepted issuers.
 	OIDCIssuers []string `json:"oidc_issuer,omitempty"`
 
-	// Allowlist of JWS algorithms. Default: what each key implies. Each key
-	// is pinned to the algorithms its type implies, narrowed by this list;
-	// a token whose alg is not allowed for the key verifying it is refused.
+	// Allowlist of JWS algorithms: HS256/384/512, RS256/384/512,
+	// PS256/384/512, ES256/384/512, EdDSA and Ed25519 (RFC 9864; Ed25519
+	// keys only). Default: what each key implies. Each key is pinned to the
+	// algorithms its type (or JWK alg) implies, narrowed by this list; a
+	// token whose alg is not allowed for the key verifying it is refused.
 	// "none" is never allowed.
 	Algorithms []string `json:"algorithms,omitempty"`
 
 	// Accepted issuers: the token's iss must be one of them.
 	Issuers []string `json:"issuer,omitempty"`
 
-	// Accepted audiences: the token's aud must contain one of them.
+	// Accepted audiences: the token's aud must contain one of them; an
+	// absent or empty aud is refused ("audience not accepted").
 	Audiences []string `json:"audience,omitempty"`
 
-	// Clock skew tolerated for exp, nbf and iat. Default: 30s.
+	// Clock skew tolerated for exp, nbf and iat. Default: 30s; at most 1h.
 	Leeway *caddy.Duration `json:"leeway,omitempty"`
 
 	// Longest lifetime accepted: exp minus iat (or minus now when the token
@@ -139,21 +147,26 @@ type Handler struct {
 	// Cookies the token is read from.
 	FromCookie []string `json:"from_cookie,omitempty"`
 
-	// Query parameters the token is read from.
+	// Query parameters the token is read from. Caddy's access log records
+	// the original URI: filter the parameter out of it (`format filter {
+	// request>uri query { delete <name> } }`).
 	FromQuery []string `json:"from_query,omitempty"`
 
 	// Claim (dot-path) that identifies the user: {http.auth.user.id} and
 	// the access log's user_id. Default: sub.
 	UserID string `json:"user_id,omitempty"`
 
-	// Request headers set from claims for the upstream: header name to
-	// claim dot-path. Each named header is always deleted from the
-	// incoming request first; it is set only when the verified token has
-	// the claim.
+	// Request headers set from claims for the upstream: header name (any
+	// casing: x-user-id sets X-User-Id) to claim dot-path. Each named
+	// header is always deleted from the incoming request first, in any
+	// casing and with `_` for `-`; it is set only when the verified token
+	// has the claim. Naming a header the token is read from is a config
+	// error.
 	Headers map[string]string `json:"header,omitempty"`
 
-	// Remove the token (its header, cookie or query parameter) from the
-	// request before it goes on.
+	// Remove the token from the request before it goes on: its header, or
+	// its cookie or query parameter only, the other cookies and parameters
+	// going on byte for byte.
 	StripToken bool `json:"strip_token,omitempty"`
 
 	// A request without a token continues anonymously (no identity
@@ -167,14 +180,15 @@ type Handler struct {
 	// Realm of the WWW-Authenticate challenge. Default: "restricted".
 	Realm string `json:"realm,omitempty"`
 
-	verifier    *verifier
-	cache       *tokenCache
-	poolKeys    []string
-	sources     []source
-	headerNames []string // canonical names of the identity headers
-	challenge   string   // `Bearer realm="..."`
-	logger      *zap.Logger
-	now         func() time.Time
+	verifier  *verifier
+	cache     *tokenCache
+	poolKeys  []string
+	sources   []source
+	identity  []identityHeader
+	challenge string // `Bearer realm="..."`
+	counters  *counters
+	logger    *zap.Logger
+	now       func() time.Time
 }
 
 // HeaderSource is a request header a token is read from.
@@ -196,10 +210,14 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 const (
 	defaultLeeway = 30 * time.Second
-	defaultRealm  = "restricted"
+	// maxLeeway bounds leeway: beyond it exp means little.
+	maxLeeway    = time.Hour
+	defaultRealm = "restricted"
 )
 
-// Provision loads the keys and compiles the rules.
+// Provision checks the configuration, reads the keys and compiles the
+// rules. Remote key sets are taken (and their fetching started) last, once
+// everything else is known good.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.now == nil {
@@ -211,73 +229,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Realm == "" {
 		h.Realm = defaultRealm
 	}
+	// Nothing is read, fetched or started for a config that is not valid.
+	if err := h.Validate(); err != nil {
+		return err
+	}
 	leeway := defaultLeeway
 	if h.Leeway != nil {
 		leeway = time.Duration(*h.Leeway)
 	}
+	allowed, _ := parseAlgSet(h.Algorithms) // checked by Validate
 
-	allowed, err := parseAlgSet(h.Algorithms)
-	if err != nil {
-		return fmt.Errorf("algorithms: %w", err)
-	}
-	repl := caddy.NewReplacer()
-	secret := repl.ReplaceKnown(h.Secret, "")
-	if h.Secret != "" && secret == "" {
-		return errors.New("secret: placeholder expanded to an empty secret")
-	}
-	keys, err := staticKeys(secret, h.PublicKeys, allowed)
+	keys, err := h.loadStaticKeys(allowed)
 	if err != nil {
 		return err
-	}
-	for _, f := range h.JWKSFiles {
-		fileKeys, skipped, err := loadJWKSFile(f)
-		if err != nil {
-			return fmt.Errorf("jwks_file: %w", err)
-		}
-		for _, msg := range skipped {
-			h.logger.Warn("jwks_file key skipped", zap.String("file", f), zap.String("reason", msg))
-		}
-		kept := 0
-		for _, k := range fileKeys {
-			if k.algs &= allowed; k.algs != 0 {
-				keys = append(keys, k)
-				kept++
-			}
-		}
-		if kept == 0 {
-			return fmt.Errorf("jwks_file %s: no key allows any of algorithms", f)
-		}
 	}
 	var union algSet
 	for _, k := range keys {
 		union |= k.algs
 	}
-	if err := jwtMetrics.register(ctx.GetMetricsRegistry()); err != nil {
-		return err
-	}
-	var remote []*remoteKeySet
-	for _, u := range h.JWKSURLs {
-		rs, err := h.loadRemote("jwks:"+u, "", u)
-		if err != nil {
-			return err
-		}
-		remote = append(remote, rs)
-	}
-	for _, iss := range h.OIDCIssuers {
-		rs, err := h.loadRemote("oidc:"+iss, iss, "")
-		if err != nil {
-			return err
-		}
-		remote = append(remote, rs)
-	}
-	if len(remote) > 0 {
+	if len(h.JWKSURLs) > 0 || len(h.OIDCIssuers) > 0 {
 		union |= allowed
 	}
-	issuers := append(append([]string(nil), h.Issuers...), h.OIDCIssuers...)
-	h.verifier = newVerifier(staticKeySet(keys), union, leeway, time.Duration(h.MaxLifetime),
-		issuers, h.Audiences, h.Require, h.Types, h.AllowNoExp, h.now)
-	h.verifier.remote = remote
-	h.cache = newTokenCache()
+	if h.counters, err = newCounters(ctx); err != nil {
+		return err
+	}
 
 	h.sources = h.sources[:0]
 	for _, s := range h.FromHeader {
@@ -292,25 +267,84 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.sources) == 0 {
 		h.sources = []source{{kind: sourceHeader, name: "Authorization", prefix: "Bearer"}}
 	}
-	h.headerNames = h.headerNames[:0]
-	for name := range h.Headers {
-		h.headerNames = append(h.headerNames, http.CanonicalHeaderKey(name))
+	h.identity = h.identity[:0]
+	for name, path := range h.Headers {
+		h.identity = append(h.identity, identityHeader{name: http.CanonicalHeaderKey(name), path: path})
 	}
-	h.challenge = `Bearer realm="` + strings.ReplaceAll(strings.ReplaceAll(h.Realm, `\`, `\\`), `"`, `\"`) + `"`
+	slices.SortFunc(h.identity, func(a, b identityHeader) int { return strings.Compare(a.name, b.name) })
+	h.challenge = `Bearer realm="` + h.Realm + `"`
+	h.cache = newTokenCache()
+
+	// Side effects last: a remote set starts fetching when first taken.
+	var remote []*remoteKeySet
+	for _, u := range h.JWKSURLs {
+		remote = append(remote, h.loadRemote("jwks:"+u, "", u))
+	}
+	for _, iss := range h.OIDCIssuers {
+		remote = append(remote, h.loadRemote("oidc:"+iss, iss, ""))
+	}
+	h.verifier = newVerifier(verifierConfig{
+		keys:        staticKeySet(keys),
+		remote:      remote,
+		allowed:     union,
+		leeway:      leeway,
+		maxLifetime: time.Duration(h.MaxLifetime),
+		issuers:     append(slices.Clip(h.Issuers), h.OIDCIssuers...),
+		audiences:   h.Audiences,
+		require:     h.Require,
+		types:       h.Types,
+		allowNoExp:  h.AllowNoExp,
+		now:         h.now,
+	})
 	return nil
+}
+
+// loadStaticKeys reads the secret (placeholders expanded), the PEM files
+// and the local JWK Sets, each key pinned to its algorithms. Errors name
+// the subdirective and the file.
+func (h *Handler) loadStaticKeys(allowed algSet) ([]verificationKey, error) {
+	secret := caddy.NewReplacer().ReplaceKnown(h.Secret, "")
+	if h.Secret != "" && secret == "" {
+		return nil, errors.New("secret: placeholder expanded to an empty secret")
+	}
+	keys, err := staticKeys(secret, h.PublicKeys, allowed)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range h.JWKSFiles {
+		fileKeys, skipped, err := loadJWKSFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("jwks_file: %w", err)
+		}
+		if len(skipped) > 0 {
+			h.logger.Warn("jwks_file keys skipped", zap.String("file", f),
+				zap.Int("skipped", len(skipped)), zap.Strings("reasons", firstReasons(skipped)))
+		}
+		kept := 0
+		for _, k := range fileKeys {
+			if k.algs &= allowed; k.algs != 0 {
+				keys = append(keys, k)
+				kept++
+			}
+		}
+		if kept == 0 {
+			return nil, fmt.Errorf("jwks_file %s: no key allows any of algorithms", f)
+		}
+	}
+	return keys, nil
 }
 
 // loadRemote takes a remote key set from the pool, starting it when no
 // other handler (of this config or the previous one) holds it.
-func (h *Handler) loadRemote(poolKey, issuer, url string) (*remoteKeySet, error) {
-	val, _, err := remoteSets.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return newRemoteKeySet(issuer, url, h.logger, jwtMetrics), nil
+func (h *Handler) loadRemote(poolKey, issuer, url string) *remoteKeySet {
+	val, _, _ := remoteSets.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		return newRemoteKeySet(issuer, url, h.logger), nil
 	})
-	if err != nil {
-		return nil, err
-	}
 	h.poolKeys = append(h.poolKeys, poolKey)
-	return val.(*remoteKeySet), nil
+	rs := val.(*remoteKeySet)
+	// The set logs with the newest config's logger.
+	rs.logger.Store(h.logger)
+	return rs
 }
 
 // Cleanup releases the remote key sets; the last user stops their
@@ -323,36 +357,59 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration. It reads no file and starts nothing;
+// Provision calls it before it does either.
 func (h *Handler) Validate() error {
 	if h.Secret == "" && len(h.PublicKeys) == 0 && len(h.JWKSURLs) == 0 && len(h.JWKSFiles) == 0 && len(h.OIDCIssuers) == 0 {
 		return errors.New("no key: set at least one of secret, public_key, jwks_url, jwks_file, oidc_issuer")
 	}
-	for _, u := range append(append([]string(nil), h.JWKSURLs...), h.OIDCIssuers...) {
+	for _, u := range h.JWKSURLs {
 		if err := checkHTTPURL(u); err != nil {
-			return err
+			return fmt.Errorf("jwks_url: %w", err)
+		}
+	}
+	for _, u := range h.OIDCIssuers {
+		if err := checkHTTPURL(u); err != nil {
+			return fmt.Errorf("oidc_issuer: %w", err)
 		}
 	}
 	if _, err := parseAlgSet(h.Algorithms); err != nil {
 		return fmt.Errorf("algorithms: %w", err)
 	}
-	if h.Leeway != nil && *h.Leeway < 0 {
-		return errors.New("leeway must not be negative")
+	if h.Leeway != nil && (*h.Leeway < 0 || time.Duration(*h.Leeway) > maxLeeway) {
+		return fmt.Errorf("leeway: %s is outside 0..%s", time.Duration(*h.Leeway), maxLeeway)
 	}
 	if h.MaxLifetime < 0 {
-		return errors.New("max_lifetime must not be negative")
-	}
-	for name, path := range h.Headers {
-		if !validHeaderName(name) {
-			return fmt.Errorf("header: invalid header name %q", name)
-		}
-		if path == "" {
-			return fmt.Errorf("header %s: empty claim path", name)
-		}
+		return errors.New("max_lifetime: must not be negative")
 	}
 	for _, s := range h.FromHeader {
 		if !validHeaderName(s.Name) {
 			return fmt.Errorf("from_header: invalid header name %q", s.Name)
+		}
+	}
+	if slices.Contains(h.FromCookie, "") {
+		return errors.New("from_cookie: empty cookie name")
+	}
+	if slices.Contains(h.FromQuery, "") {
+		return errors.New("from_query: empty parameter name")
+	}
+	names := slices.Sorted(maps.Keys(h.Headers))
+	for i, name := range names {
+		if !validHeaderName(name) {
+			return fmt.Errorf("header: invalid header name %q", name)
+		}
+		if h.Headers[name] == "" {
+			return fmt.Errorf("header %s: empty claim path", name)
+		}
+		for _, other := range names[:i] {
+			if sameHeaderName(name, other) {
+				return fmt.Errorf("header %s: duplicate mapping (same header as %s)", name, other)
+			}
+		}
+		if src := h.tokenSourceHeader(name); src != "" {
+			// Identity headers are deleted from every request first: the
+			// token would be gone before it is read.
+			return fmt.Errorf("header %s: the token is read from %s; an identity header must be another header", name, src)
 		}
 	}
 	for path, values := range h.Claims {
@@ -366,13 +423,32 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
+// tokenSourceHeader returns the request header the token is read from that
+// name denotes (in any casing, `_` for `-`), or "".
+func (h *Handler) tokenSourceHeader(name string) string {
+	if len(h.FromHeader) == 0 && len(h.FromCookie) == 0 && len(h.FromQuery) == 0 {
+		if sameHeaderName(name, "Authorization") {
+			return "Authorization"
+		}
+	}
+	for _, s := range h.FromHeader {
+		if sameHeaderName(name, s.Name) {
+			return s.Name
+		}
+	}
+	if len(h.FromCookie) > 0 && sameHeaderName(name, "Cookie") {
+		return "Cookie"
+	}
+	return ""
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.deleteIdentityHeaders(r.Header)
 
 	if h.AllowPreflight && r.Method == http.MethodOptions &&
 		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
-		jwtMetrics.verifications.WithLabelValues("preflight").Inc()
+		h.counters.results[resultPreflight].Inc()
 		return next.ServeHTTP(w, r)
 	}
 
@@ -385,14 +461,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if token == "" {
 		if h.Optional {
 			// Anonymous: every {http.auth.user.*} is known and empty.
-			jwtMetrics.verifications.WithLabelValues("anonymous").Inc()
-			repl.Map(userClaims(nil).placeholder)
+			h.counters.results[resultAnonymous].Inc()
+			repl.Map(anonymousPlaceholder)
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, repl, http.StatusUnauthorized, "", errNoToken)
 	}
 
-	claims, err := h.verify(r.Context(), token)
+	g, err := h.verify(r.Context(), token)
 	if errors.Is(err, errUnavailable) {
 		w.Header().Set("Retry-After", strconv.Itoa(h.verifier.retryAfter()))
 		return h.refuse(w, repl, http.StatusServiceUnavailable, "", err)
@@ -400,46 +476,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", err)
 	}
-	if err := h.authorize(claims); err != nil {
-		return h.refuse(w, repl, http.StatusForbidden, "insufficient_scope", err)
+	if g.refusal != nil {
+		return h.refuse(w, repl, g.status, g.code, g.refusal)
 	}
 
-	// Compute every identity value before touching the request, so that a
-	// refusal leaves nothing half-set.
-	userID := ""
-	if v, ok := lookupClaim(claims, h.UserID); ok {
-		userID, _ = claimText(v)
-		if hasControl(userID) {
-			return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", errClaimControl)
-		}
-	}
-	var values [8]string
-	headerValues := values[:0]
-	for _, name := range h.headerNames {
-		text := ""
-		if v, ok := lookupClaim(claims, h.Headers[name]); ok {
-			text, _ = claimText(v)
-			if hasControl(text) {
-				return h.refuse(w, repl, http.StatusUnauthorized, "invalid_token", errClaimControl)
+	if n := len(g.headerValues); n > 0 {
+		// One allocation for every header; each gets its own slice of
+		// capacity one, so nothing downstream can write into the grant.
+		values := make([]string, n)
+		copy(values, g.headerValues)
+		for i, ih := range h.identity {
+			if values[i] != "" {
+				r.Header[ih.name] = values[i : i+1 : i+1]
 			}
 		}
-		headerValues = append(headerValues, text)
 	}
-	for i, name := range h.headerNames {
-		if headerValues[i] != "" {
-			r.Header.Set(name, headerValues[i])
-		}
-	}
-
-	repl.Set("http.auth.user.id", userID)
-	repl.Map(userClaims(claims).placeholder)
+	repl.Set("http.auth.user.id", g.userIDValue)
+	repl.Map(g.placeholder)
 
 	if h.StripToken {
 		stripToken(r, src)
 	}
-	jwtMetrics.verifications.WithLabelValues("ok").Inc()
+	h.counters.results[resultOK].Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token verified"); c != nil {
-		c.Write(zap.String("user_id", userID))
+		c.Write(zap.String("user_id", g.userID))
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -447,30 +507,86 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 var errNoToken = errors.New("no token")
 
 // verify checks a token through the verified-token cache: a token verified
-// before under the same keys only has its claims (time claims included)
-// checked again.
-func (h *Handler) verify(ctx context.Context, token string) (jwt.MapClaims, error) {
+// before under the same keys only has its time claims checked again.
+func (h *Handler) verify(ctx context.Context, token string) (*grant, error) {
 	key := tokenKey(token)
 	gen := h.verifier.generation()
 	now := h.now()
-	if claims, ok := h.cache.get(&key, gen, now); ok {
-		jwtMetrics.cache.WithLabelValues("hit").Inc()
-		if err := h.verifier.checkClaims(claims); err != nil {
+	if g, ok := h.cache.get(&key, gen, now); ok {
+		h.counters.cacheHit.Inc()
+		if err := h.verifier.checkTimes(&g.times, now); err != nil {
 			return nil, err
 		}
-		return claims, nil
+		return g, nil
 	}
-	jwtMetrics.cache.WithLabelValues("miss").Inc()
+	h.counters.cacheMiss.Inc()
 	claims, err := h.verifier.verify(ctx, token)
 	if err != nil {
 		return nil, err
 	}
+	g := h.newGrant(claims)
 	expires := now.Add(tokenCacheMaxTTL)
-	if exp, _ := claims.GetExpirationTime(); exp != nil && exp.Before(expires) {
-		expires = exp.Time
+	if g.times.hasExp && g.times.exp.Before(expires) {
+		expires = g.times.exp
 	}
-	h.cache.put(&key, claims, gen, expires, now)
-	return claims, nil
+	h.cache.put(&key, g, gen, expires, now)
+	return g, nil
+}
+
+// anonymousPlaceholder serves every {http.auth.user.*} of an anonymous
+// request as known and empty.
+var anonymousPlaceholder caddy.ReplacerFunc = userClaims(nil).placeholder
+
+// grant is what a verified token gives a request under this handler's
+// rules. It depends only on the token and the config, so it is computed
+// once per token and kept in the verified-token cache; only the time
+// claims are checked again per request. A grant is never modified once
+// made.
+type grant struct {
+	claims jwt.MapClaims
+	times  tokenTimes
+
+	// refusal, when set, is why this handler refuses the (valid) token:
+	// scope or claim rules (403), or a control character in an identity
+	// value (401).
+	refusal error
+	status  int
+	code    string
+
+	userID       string
+	userIDValue  any      // userID, boxed once for the replacer
+	headerValues []string // parallel to Handler.identity; "" is not set
+	placeholder  caddy.ReplacerFunc
+}
+
+// newGrant applies the authorization rules to verified claims and renders
+// the identity values. Every value is computed before any is used, so a
+// refusal leaves the request untouched.
+func (h *Handler) newGrant(claims jwt.MapClaims) *grant {
+	g := &grant{claims: claims, times: timesOf(claims)}
+	if err := h.authorize(claims); err != nil {
+		g.refusal, g.status, g.code = err, http.StatusForbidden, "insufficient_scope"
+		return g
+	}
+	if v, ok := lookupClaim(claims, h.UserID); ok {
+		g.userID, _ = claimText(v)
+	}
+	refuse := hasControl(g.userID)
+	if len(h.identity) > 0 {
+		g.headerValues = make([]string, len(h.identity))
+		for i, ih := range h.identity {
+			if v, ok := lookupClaim(claims, ih.path); ok {
+				g.headerValues[i], _ = claimText(v)
+				refuse = refuse || hasControl(g.headerValues[i])
+			}
+		}
+	}
+	if refuse {
+		return &grant{claims: claims, times: g.times, refusal: errClaimControl, status: http.StatusUnauthorized, code: "invalid_token"}
+	}
+	g.userIDValue = g.userID
+	g.placeholder = userClaims(claims).placeholder
+	return g
 }
 
 // authorize applies the scope and claim rules to verified claims.
@@ -514,207 +630,11 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, status int
 	}
 	w.Header().Set("Www-Authenticate", challenge)
 	repl.Set("http.auth.jwt.error", reason.Error())
-	jwtMetrics.verifications.WithLabelValues(resultLabel(reason)).Inc()
+	h.counters.results[resultOf(reason)].Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token refused"); c != nil {
 		c.Write(zap.Int("status", status), zap.String("reason", reason.Error()))
 	}
 	return caddyhttp.Error(status, reason)
-}
-
-// deleteIdentityHeaders removes every client-sent copy of the identity
-// headers: any casing, and with `_` in place of `-` (which some servers
-// behind the gateway treat as the same header).
-func (h *Handler) deleteIdentityHeaders(hdr http.Header) {
-	if len(h.headerNames) == 0 {
-		return
-	}
-	for key := range hdr {
-		for _, name := range h.headerNames {
-			if sameHeaderName(key, name) {
-				delete(hdr, key)
-				break
-			}
-		}
-	}
-}
-
-// sameHeaderName compares header names case-insensitively, treating `_` and
-// `-` as equal.
-func sameHeaderName(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if x == '_' {
-			x = '-'
-		}
-		if y == '_' {
-			y = '-'
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') && (c < '0' || c > '9') && strings.IndexByte("!#$%&'*+-.^_`|~", c) < 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// userClaims serves {http.auth.user.<path>} from verified claims, lazily.
-type userClaims map[string]any
-
-const userPlaceholderPrefix = "http.auth.user."
-
-func (c userClaims) placeholder(key string) (any, bool) {
-	if !strings.HasPrefix(key, userPlaceholderPrefix) {
-		return nil, false
-	}
-	// Known but empty when the claim is absent, null or unfit for a header,
-	// so that no literal placeholder text ever reaches an upstream.
-	v, ok := lookupClaim(c, key[len(userPlaceholderPrefix):])
-	if !ok {
-		return "", true
-	}
-	text, ok := claimText(v)
-	if !ok || hasControl(text) {
-		return "", true
-	}
-	return text, true
-}
-
-// source is one place a token is read from.
-type source struct {
-	kind   sourceKind
-	name   string
-	prefix string
-}
-
-type sourceKind uint8
-
-const (
-	sourceHeader sourceKind = iota
-	sourceCookie
-	sourceQuery
-)
-
-var errManyTokens = errors.New("tokens in more than one place")
-
-// extract returns the token and the source it came from. A token present in
-// more than one place (or twice in one) is an invalid request (RFC 6750
-// §2). A header of another scheme is no token.
-func (h *Handler) extract(r *http.Request) (string, *source, error) {
-	var token string
-	var from *source
-	found := func(t string, s *source) error {
-		if from != nil {
-			return errManyTokens
-		}
-		token, from = t, s
-		return nil
-	}
-	var query url.Values
-	for i := range h.sources {
-		s := &h.sources[i]
-		switch s.kind {
-		case sourceHeader:
-			for _, v := range r.Header[s.name] {
-				t, ok := headerToken(v, s.prefix)
-				if !ok {
-					continue
-				}
-				if t == "" {
-					return "", nil, errEmptyToken
-				}
-				if err := found(t, s); err != nil {
-					return "", nil, err
-				}
-			}
-		case sourceCookie:
-			for _, c := range r.CookiesNamed(s.name) {
-				if c.Value == "" {
-					continue
-				}
-				if err := found(c.Value, s); err != nil {
-					return "", nil, err
-				}
-			}
-		case sourceQuery:
-			if query == nil {
-				query = r.URL.Query()
-			}
-			for _, v := range query[s.name] {
-				if v == "" {
-					continue
-				}
-				if err := found(v, s); err != nil {
-					return "", nil, err
-				}
-			}
-		}
-	}
-	return token, from, nil
-}
-
-// headerToken takes the token out of a header value: after "<prefix> "
-// (prefix case-insensitive) or, without prefix, the whole value.
-func headerToken(v, prefix string) (string, bool) {
-	if prefix == "" {
-		return strings.TrimSpace(v), true
-	}
-	if len(v) < len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
-		return "", false
-	}
-	rest := v[len(prefix):]
-	if rest == "" {
-		return "", true
-	}
-	if rest[0] != ' ' {
-		return "", false
-	}
-	return strings.TrimLeft(rest, " "), true
-}
-
-// stripToken removes the token's source from the request.
-func stripToken(r *http.Request, s *source) {
-	switch s.kind {
-	case sourceHeader:
-		r.Header.Del(s.name)
-	case sourceCookie:
-		cookies := r.Cookies()
-		r.Header.Del("Cookie")
-		kept := make([]string, 0, len(cookies))
-		for _, c := range cookies {
-			if c.Name != s.name {
-				kept = append(kept, c.String())
-			}
-		}
-		if len(kept) > 0 {
-			r.Header.Set("Cookie", strings.Join(kept, "; "))
-		}
-	case sourceQuery:
-		q := r.URL.Query()
-		q.Del(s.name)
-		r.URL.RawQuery = q.Encode()
-		r.RequestURI = r.URL.RequestURI()
-	}
 }
 
 // Interface guards

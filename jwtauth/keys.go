@@ -34,6 +34,8 @@ const (
 	algES384
 	algES512
 	algEdDSA
+	// algEd25519 is RFC 9864's fully-specified name for EdDSA over Ed25519.
+	algEd25519
 	numAlgs
 )
 
@@ -42,7 +44,7 @@ var algNames = [numAlgs]string{
 	"RS256", "RS384", "RS512",
 	"PS256", "PS384", "PS512",
 	"ES256", "ES384", "ES512",
-	"EdDSA",
+	"EdDSA", "Ed25519",
 }
 
 var algMethods = [numAlgs]jwt.SigningMethod{
@@ -50,7 +52,7 @@ var algMethods = [numAlgs]jwt.SigningMethod{
 	jwt.SigningMethodRS256, jwt.SigningMethodRS384, jwt.SigningMethodRS512,
 	jwt.SigningMethodPS256, jwt.SigningMethodPS384, jwt.SigningMethodPS512,
 	jwt.SigningMethodES256, jwt.SigningMethodES384, jwt.SigningMethodES512,
-	jwt.SigningMethodEdDSA,
+	jwt.SigningMethodEdDSA, jwt.SigningMethodEdDSA,
 }
 
 // parseAlg maps an exact, case-sensitive JWS alg name (RFC 7518) to an alg.
@@ -164,7 +166,7 @@ func pinKey(key any, jwkAlg string, allowed algSet) (algSet, error) {
 			return 0, errors.New("unsupported elliptic curve (P-256, P-384 and P-521 are supported)")
 		}
 	case ed25519.PublicKey:
-		implied = 1 << algEdDSA
+		implied = 1<<algEdDSA | 1<<algEd25519
 	default:
 		return 0, fmt.Errorf("unsupported key type %T", key)
 	}

@@ -3,85 +3,115 @@ package jwtauth
 import (
 	"errors"
 
+	"github.com/caddygateway/caddy-gateway/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
-// metrics are jwt_auth's collectors. They are built once and registered on
-// every config's metrics registry; their labels come from a small fixed set
-// of values, never from token content.
-type metrics struct {
-	verifications *prometheus.CounterVec
-	jwksFetches   *prometheus.CounterVec
-	cache         *prometheus.CounterVec
-}
-
-var jwtMetrics = &metrics{
-	verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+// jwt_auth's collectors, built once and registered on every config's
+// metrics registry (internal/metrics.Register). Their labels come from small
+// fixed sets, never from a request or a token.
+var (
+	verificationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "jwt_auth",
 		Name:      "verifications_total",
 		Help:      "Requests seen by jwt_auth, by result: ok, anonymous, preflight, no_token, bad_request, malformed, algorithm, signature, expired, claims, no_key, unavailable, forbidden.",
-	}, []string{"result"}),
-	jwksFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+	}, []string{"result"})
+	jwksFetchesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "jwt_auth",
 		Name:      "jwks_fetches_total",
 		Help:      "JWKS and OpenID discovery fetches, by outcome: ok, error.",
-	}, []string{"outcome"}),
-	cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+	}, []string{"outcome"})
+	cacheLookupsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "jwt_auth",
 		Name:      "cache_lookups_total",
 		Help:      "Verified-token cache lookups, by result: hit, miss.",
-	}, []string{"result"}),
+	}, []string{"result"})
+)
+
+// result is the label of verificationsTotal for one request.
+type result uint8
+
+const (
+	resultOK result = iota
+	resultAnonymous
+	resultPreflight
+	resultNoToken
+	resultBadRequest
+	resultMalformed
+	resultAlgorithm
+	resultSignature
+	resultExpired
+	resultClaims
+	resultNoKey
+	resultUnavailable
+	resultForbidden
+	numResults
+)
+
+var resultNames = [numResults]string{
+	"ok", "anonymous", "preflight", "no_token", "bad_request", "malformed",
+	"algorithm", "signature", "expired", "claims", "no_key", "unavailable", "forbidden",
 }
 
-// register adds the collectors to a registry; already registered is fine
-// (a reload registers them again).
-func (m *metrics) register(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{m.verifications, m.jwksFetches, m.cache} {
-		if err := reg.Register(c); err != nil {
-			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
-				return err
-			}
-		}
-	}
-	return nil
+// counters are the labelled children a handler uses, resolved once at
+// Provision so that a request only increments.
+type counters struct {
+	results             [numResults]prometheus.Counter
+	cacheHit, cacheMiss prometheus.Counter
 }
 
-func (m *metrics) jwksFetch(outcome string) {
-	if m != nil {
-		m.jwksFetches.WithLabelValues(outcome).Inc()
+// jwksFetchOK and jwksFetchError count remote key set fetches; remote sets
+// outlive configs, so they are resolved once for the process.
+var (
+	jwksFetchOK    = jwksFetchesTotal.WithLabelValues("ok")
+	jwksFetchError = jwksFetchesTotal.WithLabelValues("error")
+)
+
+// newCounters registers the collectors on the config's registry and
+// resolves the handler's counters.
+func newCounters(ctx caddy.Context) (*counters, error) {
+	if err := metrics.Register(ctx.GetMetricsRegistry(), verificationsTotal, jwksFetchesTotal, cacheLookupsTotal); err != nil {
+		return nil, err
 	}
+	c := &counters{
+		cacheHit:  cacheLookupsTotal.WithLabelValues("hit"),
+		cacheMiss: cacheLookupsTotal.WithLabelValues("miss"),
+	}
+	for i, name := range resultNames {
+		c.results[i] = verificationsTotal.WithLabelValues(name)
+	}
+	return c, nil
 }
 
-// result maps a refusal reason to its metric label.
-func resultLabel(err error) string {
+// resultOf maps a refusal reason to its result label.
+func resultOf(err error) result {
 	switch {
 	case err == nil:
-		return "ok"
+		return resultOK
 	case errors.Is(err, errNoToken):
-		return "no_token"
+		return resultNoToken
 	case errors.Is(err, errMalformed), errors.Is(err, errTooLarge), errors.Is(err, errCrit), errors.Is(err, errKid), errors.Is(err, errType):
-		return "malformed"
+		return resultMalformed
 	case errors.Is(err, errAlgorithm):
-		return "algorithm"
+		return resultAlgorithm
 	case errors.Is(err, errSignature):
-		return "signature"
+		return resultSignature
 	case errors.Is(err, errExpired), errors.Is(err, errNotYetValid), errors.Is(err, errIssuedFuture), errors.Is(err, errLifetime):
-		return "expired"
+		return resultExpired
 	case errors.Is(err, errNoKey):
-		return "no_key"
+		return resultNoKey
 	case errors.Is(err, errUnavailable):
-		return "unavailable"
+		return resultUnavailable
 	case errors.Is(err, errScope), errors.Is(err, errClaimMismatch):
-		return "forbidden"
+		return resultForbidden
 	case errors.Is(err, errManyTokens), errors.Is(err, errEmptyToken):
-		return "bad_request"
+		return resultBadRequest
 	default:
-		return "claims"
+		return resultClaims
 	}
 }

@@ -50,10 +50,74 @@ var b64 = base64.RawURLEncoding.Strict()
 // header is the part of a JOSE header this module reads. jku, x5u, jwk and
 // x5c are never read, so never followed.
 type header struct {
-	Alg  string          `json:"alg"`
-	Kid  *string         `json:"kid"`
-	Typ  *string         `json:"typ"`
-	Crit json.RawMessage `json:"crit"`
+	alg     string
+	kid     string
+	hasKid  bool
+	typ     string
+	hasTyp  bool
+	hasCrit bool
+}
+
+// maxHeaderMembers bounds the members of a JOSE header.
+const maxHeaderMembers = 32
+
+// decodeHeader decodes a JOSE header strictly: a JSON object whose member
+// names are matched exactly (case-sensitive: "ALG" is not "alg"), with no
+// member name twice (RFC 7515 §4: a duplicate is refused rather than the
+// last one taken), and alg, kid and typ strings when present.
+func decodeHeader(data []byte) (header, error) {
+	var h header
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return h, errMalformed
+	}
+	var seen [maxHeaderMembers]string
+	n := 0
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return h, errMalformed
+		}
+		name, ok := tok.(string)
+		if !ok || n == maxHeaderMembers || slices.Contains(seen[:n], name) {
+			return h, errMalformed
+		}
+		seen[n] = name
+		n++
+		var str *string
+		switch name {
+		case "alg":
+			err = dec.Decode(&str)
+			if str != nil {
+				h.alg = *str
+			}
+		case "kid":
+			err = dec.Decode(&str)
+			if str != nil {
+				h.kid, h.hasKid = *str, true
+			}
+		case "typ":
+			err = dec.Decode(&str)
+			if str != nil {
+				h.typ, h.hasTyp = *str, true
+			}
+		case "crit":
+			h.hasCrit = true
+			err = dec.Decode(&json.RawMessage{})
+		default:
+			err = dec.Decode(&json.RawMessage{})
+		}
+		if err != nil {
+			return h, errMalformed
+		}
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return h, errMalformed
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return h, errMalformed // trailing data after the header object
+	}
+	return h, nil
 }
 
 // staticKeySet is a fixed list of keys.
@@ -80,32 +144,86 @@ type verifier struct {
 	allowed     algSet
 	validator   *jwt.Validator
 	issuers     []string
-	audiences   bool // an audience is required
+	audiences   []string
 	maxLifetime time.Duration
 	require     []string
 	types       []string
+	leeway      time.Duration
 	now         func() time.Time
 }
 
-func newVerifier(keys staticKeySet, allowed algSet, leeway, maxLifetime time.Duration, issuers, audiences, require, types []string, allowNoExp bool, now func() time.Time) *verifier {
-	opts := []jwt.ParserOption{jwt.WithLeeway(leeway), jwt.WithIssuedAt(), jwt.WithTimeFunc(now)}
-	if !allowNoExp {
+// verifierConfig is what a verifier checks.
+type verifierConfig struct {
+	keys        staticKeySet
+	remote      []*remoteKeySet
+	allowed     algSet // algorithms any key may use
+	leeway      time.Duration
+	maxLifetime time.Duration // 0: no limit
+	issuers     []string      // accepted iss; empty: any
+	audiences   []string      // one must be in aud; empty: aud not checked
+	require     []string      // claim paths that must be present
+	types       []string      // accepted typ; empty: any
+	allowNoExp  bool
+	now         func() time.Time
+}
+
+func newVerifier(c verifierConfig) *verifier {
+	if c.now == nil {
+		c.now = time.Now
+	}
+	opts := []jwt.ParserOption{jwt.WithLeeway(c.leeway), jwt.WithIssuedAt(), jwt.WithTimeFunc(c.now)}
+	if !c.allowNoExp {
 		opts = append(opts, jwt.WithExpirationRequired())
 	}
-	if len(audiences) > 0 {
-		opts = append(opts, jwt.WithAudience(audiences...))
-	}
 	return &verifier{
-		static:      keys,
-		allowed:     allowed,
+		static:      c.keys,
+		remote:      c.remote,
+		allowed:     c.allowed,
 		validator:   jwt.NewValidator(opts...),
-		issuers:     issuers,
-		audiences:   len(audiences) > 0,
-		maxLifetime: maxLifetime,
-		require:     require,
-		types:       types,
-		now:         now,
+		issuers:     c.issuers,
+		audiences:   c.audiences,
+		maxLifetime: c.maxLifetime,
+		require:     c.require,
+		types:       c.types,
+		leeway:      c.leeway,
+		now:         c.now,
 	}
+}
+
+// tokenTimes are a verified token's time claims, read once.
+type tokenTimes struct {
+	exp, nbf, iat          time.Time
+	hasExp, hasNbf, hasIat bool
+}
+
+func timesOf(claims jwt.MapClaims) tokenTimes {
+	var t tokenTimes
+	if d, _ := claims.GetExpirationTime(); d != nil {
+		t.exp, t.hasExp = d.Time, true
+	}
+	if d, _ := claims.GetNotBefore(); d != nil {
+		t.nbf, t.hasNbf = d.Time, true
+	}
+	if d, _ := claims.GetIssuedAt(); d != nil {
+		t.iat, t.hasIat = d.Time, true
+	}
+	return t
+}
+
+// checkTimes checks the time claims of a token verified before against
+// now, with leeway, as checkClaims does: they are the only rules whose
+// outcome changes with time.
+func (v *verifier) checkTimes(t *tokenTimes, now time.Time) error {
+	if t.hasExp && !now.Before(t.exp.Add(v.leeway)) {
+		return errExpired
+	}
+	if t.hasNbf && now.Before(t.nbf.Add(-v.leeway)) {
+		return errNotYetValid
+	}
+	if t.hasIat && now.Before(t.iat.Add(-v.leeway)) {
+		return errIssuedFuture
+	}
+	return nil
 }
 
 // splitCompact checks that token is a compact JWS (RFC 7515 §7.1): exactly
@@ -151,25 +269,25 @@ func (v *verifier) verify(ctx context.Context, token string) (jwt.MapClaims, err
 	if err != nil {
 		return nil, errMalformed
 	}
-	var h header
-	if err := json.Unmarshal(hdrJSON, &h); err != nil {
-		return nil, errMalformed
+	h, err := decodeHeader(hdrJSON)
+	if err != nil {
+		return nil, err
 	}
-	a, ok := parseAlg(h.Alg)
+	a, ok := parseAlg(h.alg)
 	if !ok || !v.allowed.has(a) {
 		return nil, errAlgorithm
 	}
-	if h.Crit != nil {
+	if h.hasCrit {
 		// No JWS extension is understood here, so any crit — and a
 		// malformed one all the more — is refused (RFC 7515 §4.1.11).
 		return nil, errCrit
 	}
-	if len(v.types) > 0 && (h.Typ == nil || !typeAccepted(*h.Typ, v.types)) {
+	if len(v.types) > 0 && (!h.hasTyp || !typeAccepted(h.typ, v.types)) {
 		return nil, errType
 	}
-	kid, hasKid := "", h.Kid != nil
-	if hasKid {
-		kid = *h.Kid
+	kid, hasKid := h.kid, h.hasKid
+	if hasKid && !validKid(kid) {
+		return nil, errKid
 	}
 	sig, err := b64.DecodeString(sigB64)
 	if err != nil {
@@ -191,12 +309,6 @@ func (v *verifier) verify(ctx context.Context, token string) (jwt.MapClaims, err
 	var buf [4]verificationKey
 	keys, unloaded, refetch := v.candidates(a, kid, hasKid, iss, buf[:0])
 	if hasKid && !kidMatched(keys, kid) {
-		if !safeKid(kid) {
-			// A kid is only a lookup key. One that no key carries and
-			// that looks like a path or holds control characters is
-			// refused, and never triggers a fetch.
-			return nil, errKid
-		}
 		if refetch {
 			// An unknown kid may be a key rotated in since the last
 			// fetch: refetch (rate-limited, coalesced) and look again.
@@ -309,10 +421,16 @@ func (v *verifier) checkClaims(claims jwt.MapClaims) error {
 			return errNotYetValid
 		case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
 			return errIssuedFuture
-		case errors.Is(err, jwt.ErrTokenInvalidAudience), v.audiences && claims["aud"] == nil:
-			return errAudience
 		default:
 			return errClaimType
+		}
+	}
+	if len(v.audiences) > 0 {
+		// Absent, empty ("aud": [], as some issuers send) or of the wrong
+		// type: the audience is what is wrong, whatever its shape.
+		aud, err := claims.GetAudience()
+		if err != nil || !slices.ContainsFunc(aud, func(a string) bool { return contains(v.audiences, a) }) {
+			return errAudience
 		}
 	}
 	if len(v.issuers) > 0 {
@@ -370,19 +488,24 @@ func kidMatched(keys []verificationKey, kid string) bool {
 	return false
 }
 
-// safeKid reports whether a kid that matched no key's kid is harmless: not
-// empty-looking, no path separators or dot segments, no control characters,
-// reasonably short.
-func safeKid(kid string) bool {
-	if len(kid) > 256 || strings.Contains(kid, "..") {
-		return false
-	}
-	for i := 0; i < len(kid); i++ {
-		if c := kid[i]; c < 0x20 || c == 0x7f || c == '/' || c == '\\' {
-			return false
+// maxKidLen bounds the length of a kid.
+const maxKidLen = 256
+
+// validKid reports whether a kid is acceptable as the lookup string it is:
+// at most maxKidLen bytes, no control characters. Anything else ("/", "+",
+// "=" of base64 kids included) is an opaque string, never a path.
+func validKid(kid string) bool {
+	return len(kid) <= maxKidLen && !hasControlOrTab(kid)
+}
+
+// hasControlOrTab reports whether s holds any C0 control character or DEL.
+func hasControlOrTab(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 func contains(list []string, s string) bool {

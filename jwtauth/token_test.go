@@ -42,7 +42,7 @@ func newTestVerifier(t testing.TB, secret string, pems []string, algorithms ...s
 	for _, k := range keys {
 		union |= k.algs
 	}
-	return newVerifier(staticKeySet(keys), union, defaultLeeway, 0, nil, nil, nil, nil, false, frozen)
+	return newVerifier(verifierConfig{keys: staticKeySet(keys), allowed: union, leeway: defaultLeeway, now: frozen})
 }
 
 func privateKey(t testing.TB, file string) any {
@@ -93,8 +93,8 @@ func TestRFC7515A1HS256(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := func() time.Time { return time.Unix(1300819380-60, 0) }
-	v := newVerifier(staticKeySet(keys), keys[0].algs, defaultLeeway, 0, []string{"joe"}, nil, nil, nil, false, before)
-	const token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+	v := newVerifier(verifierConfig{keys: staticKeySet(keys), allowed: keys[0].algs, leeway: defaultLeeway, issuers: []string{"joe"}, now: before})
+	const token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk" //nolint:gosec // RFC 7515 test vector
 	claims, err := v.verify(context.Background(), token)
 	if err != nil {
 		t.Fatalf("RFC 7515 A.1 refused: %v", err)
@@ -104,12 +104,12 @@ func TestRFC7515A1HS256(t *testing.T) {
 	}
 	// The same token one second after its exp plus leeway is refused.
 	after := func() time.Time { return time.Unix(1300819380+31, 0) }
-	v.validator = newVerifier(v.static, v.allowed, defaultLeeway, 0, nil, nil, nil, nil, false, after).validator
+	v.validator = newVerifier(verifierConfig{keys: v.static, allowed: v.allowed, leeway: defaultLeeway, now: after}).validator
 	if _, err := v.verify(context.Background(), token); !errors.Is(err, errExpired) {
 		t.Fatalf("expired A.1 token: err = %v", err)
 	}
 	// One flipped signature bit is refused.
-	if _, err := newVerifier(staticKeySet(keys), keys[0].algs, defaultLeeway, 0, nil, nil, nil, nil, false, before).verify(context.Background(), strings.Replace(token, ".dBjf", ".eBjf", 1)); !errors.Is(err, errSignature) {
+	if _, err := newVerifier(verifierConfig{keys: staticKeySet(keys), allowed: keys[0].algs, leeway: defaultLeeway, now: before}).verify(context.Background(), strings.Replace(token, ".dBjf", ".eBjf", 1)); !errors.Is(err, errSignature) {
 		t.Fatalf("tampered A.1 token: err = %v", err)
 	}
 }
@@ -123,8 +123,8 @@ func TestRFC7515A2RS256(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := func() time.Time { return time.Unix(1300819380-60, 0) }
-	v := newVerifier(staticKeySet{{algs: algs, key: pub}}, algs, defaultLeeway, 0, nil, nil, nil, nil, false, before)
-	const token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw"
+	v := newVerifier(verifierConfig{keys: staticKeySet{{algs: algs, key: pub}}, allowed: algs, leeway: defaultLeeway, now: before})
+	const token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw" //nolint:gosec // RFC 7515 test vector
 	claims, err := v.verify(context.Background(), token)
 	if err != nil {
 		t.Fatalf("RFC 7515 A.2 refused: %v", err)
@@ -138,7 +138,7 @@ func TestRFC7515A2RS256(t *testing.T) {
 func TestRFC7515A5NoneRefused(t *testing.T) {
 	v := newTestVerifier(t, testSecret, []string{"../testdata/keys/rsa2048.pem"})
 	v.now = func() time.Time { return time.Unix(1300819380-60, 0) }
-	const token = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ."
+	const token = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ." //nolint:gosec // RFC 7515 test vector
 	if _, err := v.verify(context.Background(), token); err == nil {
 		t.Fatal("alg none accepted")
 	}
@@ -160,9 +160,19 @@ func TestValidTokens(t *testing.T) {
 		{"EdDSA", []string{"../testdata/keys/ed25519.pem"}, signRaw(t, jwt.SigningMethodEdDSA, privateKey(t, "ed25519.key"), `{"alg":"EdDSA"}`, validPayload("")), ""},
 		{"exp within leeway", nil, hs256(t, `{"sub":"a","exp":1799999980}`), testSecret},
 		{"unknown kid on a key without kid", nil, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"2024-key"}`, validPayload("")), testSecret},
+		{"Ed25519 (RFC 9864)", []string{"../testdata/keys/ed25519.pem"}, signRaw(t, jwt.SigningMethodEdDSA, privateKey(t, "ed25519.key"), `{"alg":"Ed25519"}`, validPayload("")), ""},
+		{"base64 kid, as Cognito's", nil, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"a/B+c=="}`, validPayload("")), testSecret},
+		{"kid that looks like a path is only text", nil, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"../../../../dev/null"}`, validPayload("")), testSecret},
+		// Member names are case-sensitive: "Alg" is an unknown member, not
+		// a second alg that could override the first.
+		{"Alg beside alg", nil, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","Alg":"RS256"}`, validPayload("")), testSecret},
+		{"aud array holding the audience", nil, hs256(t, validPayload(`"aud":["web","api"]`)), testSecret},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newTestVerifier(t, tc.secret, tc.pems)
+			if strings.Contains(tc.name, "aud") {
+				v.audiences = []string{"api"}
+			}
 			if _, err := v.verify(context.Background(), tc.token); err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -233,8 +243,23 @@ func TestRefusedTokens(t *testing.T) {
 		{"x5u to an attacker", rsaOnly, signRaw(t, jwt.SigningMethodES256, attackerKey, `{"alg":"ES256","x5u":"`+attacker.URL+`/cert"}`, validPayload("")), errAlgorithm},
 		{"embedded jwk", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte("attacker-secret-attacker-secret!"), `{"alg":"HS256","jwk":{"kty":"oct","k":"YXR0YWNrZXItc2VjcmV0LWF0dGFja2VyLXNlY3JldCE"}}`, validPayload("")), errSignature},
 		{"embedded x5c", rsaOnly, signRaw(t, jwt.SigningMethodRS256, rsaKeyAttacker(t), `{"alg":"RS256","x5c":["MIIB"]}`, validPayload("")), errSignature},
-		{"kid path traversal", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"../../../../dev/null"}`, validPayload("")), errKid},
-		{"kid absolute path", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"/etc/passwd"}`, validPayload("")), errKid},
+		{"kid too long", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"`+strings.Repeat("k", maxKidLen+1)+`"}`, validPayload("")), errKid},
+		{"kid with DEL", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"a\u007fb"}`, validPayload("")), errKid},
+		{"kid with tab", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"a\tb"}`, validPayload("")), errKid},
+		{"member name ALG", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"ALG":"HS256"}`, validPayload("")), errAlgorithm},
+		{"member name Alg", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"Alg":"HS256"}`, validPayload("")), errAlgorithm},
+		{"duplicate alg", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","alg":"HS256"}`, validPayload("")), errMalformed},
+		{"duplicate alg, escaped", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","\u0061lg":"HS256"}`, validPayload("")), errMalformed},
+		{"duplicate unknown member", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","x":1,"x":2}`, validPayload("")), errMalformed},
+		{"duplicate kid", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"a","kid":"b"}`, validPayload("")), errMalformed},
+		{"header not an object", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `["alg","HS256"]`, validPayload("")), errMalformed},
+		{"trailing data after header", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256"}{}`, validPayload("")), errMalformed},
+		{"alg not a string", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":["HS256"]}`, validPayload("")), errMalformed},
+		{"empty aud with an audience required", func() *verifier {
+			v := newTestVerifier(t, testSecret, nil)
+			v.audiences = []string{"api"}
+			return v
+		}, hs256(t, validPayload(`"aud":[]`)), errAudience},
 		{"kid with NUL", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"a\u0000b"}`, validPayload("")), errKid},
 		{"kid not a string", hmacOnly, signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":7}`, validPayload("")), errMalformed},
 	}
@@ -266,7 +291,10 @@ func rsaKeyAttacker(t testing.TB) *rsa.PrivateKey {
 func TestClaimRules(t *testing.T) {
 	keys, _ := staticKeys(testSecret, nil, allAlgSet)
 	mk := func(issuers, audiences, require, types []string, maxLifetime time.Duration) *verifier {
-		return newVerifier(staticKeySet(keys), keys[0].algs, defaultLeeway, maxLifetime, issuers, audiences, require, types, false, frozen)
+		return newVerifier(verifierConfig{
+			keys: staticKeySet(keys), allowed: keys[0].algs, leeway: defaultLeeway, maxLifetime: maxLifetime,
+			issuers: issuers, audiences: audiences, require: require, types: types, now: frozen,
+		})
 	}
 	typed := func(typ, payload string) string {
 		return signRaw(t, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","typ":"`+typ+`"}`, payload)

@@ -1,0 +1,621 @@
+// Package cors holds the cors handler (http.handlers.cors): cross-origin
+// requests answered at the gateway, following the CORS protocol of the
+// Fetch standard.
+package cors
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults.
+var (
+	// DefaultMethods are the methods a preflight may ask for when
+	// `methods` is not set.
+	DefaultMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost}
+	// DefaultHeaders are the request headers a preflight may ask for when
+	// `headers` is not set.
+	DefaultHeaders = []string{"Authorization", "Content-Type"}
+)
+
+// DefaultMaxAge is how long a browser may cache a preflight answer when
+// `max_age` is not set.
+const DefaultMaxAge = 5 * time.Minute
+
+// Header names of the CORS protocol.
+const (
+	hdrOrigin                = "Origin"
+	hdrVary                  = "Vary"
+	hdrRequestMethod         = "Access-Control-Request-Method"
+	hdrRequestHeaders        = "Access-Control-Request-Headers"
+	hdrRequestPrivateNetwork = "Access-Control-Request-Private-Network"
+	hdrAllowOrigin           = "Access-Control-Allow-Origin"
+	hdrAllowCredentials      = "Access-Control-Allow-Credentials"
+	hdrAllowMethods          = "Access-Control-Allow-Methods"
+	hdrAllowHeaders          = "Access-Control-Allow-Headers"
+	hdrAllowPrivateNetwork   = "Access-Control-Allow-Private-Network"
+	hdrExposeHeaders         = "Access-Control-Expose-Headers"
+	hdrMaxAge                = "Access-Control-Max-Age"
+)
+
+// removeAnswer deletes the response headers that make up a CORS answer,
+// in any spelling of their names. The gateway's answer is the only one:
+// whatever a later handler or an upstream sets under these names goes.
+func removeAnswer(hdr http.Header) {
+	// one pass over the (small) map is cheaper than a lookup per name
+	for k := range hdr {
+		if len(k) > len(acPrefix) && strings.EqualFold(k[:len(acPrefix)], acPrefix) && isAnswerName(k[len(acPrefix):]) {
+			delete(hdr, k)
+		}
+	}
+}
+
+const acPrefix = "Access-Control-"
+
+func isAnswerName(rest string) bool {
+	for _, n := range [...]string{
+		"Allow-Origin", "Allow-Credentials", "Allow-Methods", "Allow-Headers",
+		"Allow-Private-Network", "Expose-Headers", "Max-Age",
+	} {
+		if strings.EqualFold(rest, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// Handler answers cross-origin requests (the CORS protocol of the Fetch
+// standard) for the routes it is on.
+//
+// A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
+// answered by the handler and never reaches a later handler (jwt_auth,
+// throttle, an upstream): 204 No Content with Access-Control-Allow-Origin,
+// -Allow-Methods, -Allow-Headers, -Max-Age (and -Allow-Credentials,
+// -Allow-Private-Network when configured and asked for) when the origin,
+// the method and every requested header are allowed; 403 Forbidden without
+// any Access-Control-Allow-* header otherwise. An OPTIONS request without
+// those headers is not a preflight and passes on.
+//
+// Every other request passes on. When its origin is allowed, every response
+// to it carries Access-Control-Allow-Origin (the request's origin, or `*`
+// for `origins *`), and Access-Control-Allow-Credentials and
+// Access-Control-Expose-Headers when configured: the responses of later
+// handlers, and also the errors they return (401 from jwt_auth, 429 from
+// throttle, 502 from reverse_proxy or aggregate), whether Caddy writes
+// them or a `handle_errors` route shapes them, so that browser code can
+// read the status. A request from an origin that is not allowed passes on
+// with no CORS header: the browser keeps the response from the page. CORS
+// is not authorisation; the request still reaches the upstream.
+//
+// CORS headers set by later handlers or an upstream are replaced by the
+// handler's (or removed, when the origin is not allowed), so a browser never
+// sees two answers. `Vary: Origin` is merged into the response's Vary
+// unless `origins` is `*` (whose answer is the same for every origin and
+// is then sent on every response, as the Fetch standard advises for caches);
+// preflight answers also vary on Access-Control-Request-Method and
+// -Headers. An existing Vary is never replaced.
+//
+// The handler sets no placeholders.
+type Handler struct {
+	// The origins allowed to read responses, required. Each entry is one
+	// of:
+	//
+	//   - an origin, `scheme://host[:port]` (`https://app.example.com`,
+	//     `http://localhost:3000`): scheme and host match case-insensitively
+	//     and a default port (80 for http, 443 for https) is the same as none;
+	//   - a wildcard `scheme://*.domain[:port]`: any origin of that scheme
+	//     and port whose host is one or more labels under domain
+	//     (`https://*.example.com` matches `https://a.example.com` and
+	//     `https://a.b.example.com`, never `https://example.com`,
+	//     `https://evil-example.com` or `https://example.com.evil.net`);
+	//   - `null`, the opaque origin (sandboxed frames, file: pages), matched
+	//     only when listed;
+	//   - `*`, alone: any origin, answered as `*`; not allowed with
+	//     `credentials`.
+	//
+	// An entry with a path, a query, a fragment, userinfo or a trailing slash
+	// is a configuration error, as is an entry listed twice. No placeholders.
+	Origins []string `json:"origins,omitempty"`
+
+	// The methods a preflight may ask for (Access-Control-Request-Method),
+	// sent as Access-Control-Allow-Methods. Among GET, HEAD, POST, PUT,
+	// DELETE, PATCH and OPTIONS, written in any case. Default: GET, HEAD,
+	// POST.
+	Methods []string `json:"methods,omitempty"`
+
+	// The request headers a preflight may ask for
+	// (Access-Control-Request-Headers), sent as Access-Control-Allow-Headers;
+	// matched case-insensitively. `*` alone allows whatever is asked and
+	// echoes the requested names (including Authorization, which a literal
+	// `*` answer would not cover). Default: Authorization, Content-Type.
+	Headers []string `json:"headers,omitempty"`
+
+	// Response headers the page may read beyond the CORS-safelisted ones,
+	// sent as Access-Control-Expose-Headers on actual responses. `*` alone
+	// exposes all (not allowed with `credentials`, where browsers read it as
+	// a header named `*`). Default: none.
+	Expose []string `json:"expose,omitempty"`
+
+	// Allow credentials (cookies, HTTP authentication, client certificates,
+	// and fetch's `credentials: 'include'`): sends
+	// Access-Control-Allow-Credentials: true. A configuration error with
+	// origins `*`. Default: false.
+	Credentials bool `json:"credentials,omitempty"`
+
+	// How long a browser may cache a preflight answer, sent in whole seconds
+	// (rounded down) as Access-Control-Max-Age; 0 sends 0, asking browsers
+	// not to cache it. Browsers cap it (Chromium at 2 hours). Default: 5m.
+	MaxAge *caddy.Duration `json:"max_age,omitempty"`
+
+	// Answer Private Network Access preflights: a preflight carrying
+	// Access-Control-Request-Private-Network: true gets
+	// Access-Control-Allow-Private-Network: true, which lets pages on public
+	// sites call this (private) gateway. Default: false.
+	PrivateNetwork bool `json:"private_network,omitempty"`
+
+	origins        *originMatcher
+	methods        []string            // normalised, upper case
+	anyHeader      bool                // headers *
+	allowedHeaders map[string]struct{} // lower case
+	allowMethods   string              // Access-Control-Allow-Methods value
+	allowHeaders   string              // Access-Control-Allow-Headers value, unless anyHeader
+	expose         string              // Access-Control-Expose-Headers value
+	maxAge         string              // Access-Control-Max-Age value
+	preflightVary  []string            // tokens a preflight answer varies on
+	logger         *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.cors",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision applies the defaults and compiles the configuration.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+
+	origins, err := compileOrigins(h.Origins)
+	if err != nil {
+		return fmt.Errorf("origins: %w", err)
+	}
+	h.origins = origins
+
+	methods := h.Methods
+	if len(methods) == 0 {
+		methods = DefaultMethods
+	}
+	h.methods = make([]string, len(methods))
+	for i, m := range methods {
+		h.methods[i] = strings.ToUpper(m)
+	}
+	h.allowMethods = strings.Join(h.methods, ", ")
+
+	headers := h.Headers
+	if len(headers) == 0 {
+		headers = DefaultHeaders
+	}
+	h.anyHeader = slices.Contains(headers, "*")
+	h.allowedHeaders = make(map[string]struct{}, len(headers))
+	for _, name := range headers {
+		h.allowedHeaders[strings.ToLower(name)] = struct{}{}
+	}
+	h.allowHeaders = strings.Join(headers, ", ")
+
+	h.expose = strings.Join(h.Expose, ", ")
+
+	maxAge := DefaultMaxAge
+	if h.MaxAge != nil {
+		maxAge = time.Duration(*h.MaxAge)
+	}
+	h.maxAge = strconv.FormatInt(int64(maxAge/time.Second), 10)
+
+	h.preflightVary = []string{hdrOrigin, hdrRequestMethod, hdrRequestHeaders}
+	if h.PrivateNetwork {
+		h.preflightVary = append(h.preflightVary, hdrRequestPrivateNetwork)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	return h.check()
+}
+
+// check reports the first problem of the configuration. It has no side
+// effect: the Caddyfile parser and Validate share it.
+func (h *Handler) check() error {
+	if len(h.Origins) == 0 {
+		return errors.New("origins: at least one origin is required")
+	}
+	if _, err := compileOrigins(h.Origins); err != nil {
+		return fmt.Errorf("origins: %w", err)
+	}
+	if h.Credentials && slices.Contains(h.Origins, "*") {
+		return errCredentialsAnyOrigin
+	}
+	if err := checkMethods(h.Methods); err != nil {
+		return err
+	}
+	if err := checkHeaderList("headers", h.Headers); err != nil {
+		return err
+	}
+	if err := checkHeaderList("expose", h.Expose); err != nil {
+		return err
+	}
+	if h.Credentials && slices.Contains(h.Expose, "*") {
+		return errCredentialsExposeAll
+	}
+	if h.MaxAge != nil && *h.MaxAge < 0 {
+		return fmt.Errorf("max_age: %v is negative", time.Duration(*h.MaxAge))
+	}
+	return nil
+}
+
+var (
+	errCredentialsAnyOrigin = errors.New("credentials cannot be used with origins *: browsers refuse Access-Control-Allow-Origin: * on credentialed requests; list the origins")
+	errCredentialsExposeAll = errors.New("expose * cannot be used with credentials: browsers read it as a header named *; list the headers")
+)
+
+// knownMethods are the methods `methods` accepts. CONNECT, TRACE and TRACK
+// are forbidden methods in the Fetch standard: no page can send them.
+var knownMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+	http.MethodDelete, http.MethodPatch, http.MethodOptions,
+}
+
+// checkMethod reports whether m (in any case) may be listed in `methods`.
+func checkMethod(m string) error {
+	u := strings.ToUpper(m)
+	switch {
+	case slices.Contains(knownMethods, u):
+		return nil
+	case u == http.MethodConnect || u == http.MethodTrace || u == "TRACK":
+		return fmt.Errorf("methods: %s is a forbidden method in the Fetch standard: browsers never send it", m)
+	}
+	return fmt.Errorf("methods: unknown method %q (want GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS)", m)
+}
+
+func checkMethods(methods []string) error {
+	for i, m := range methods {
+		if err := checkMethod(m); err != nil {
+			return err
+		}
+		for _, prev := range methods[:i] {
+			if strings.EqualFold(prev, m) {
+				return fmt.Errorf("methods: %s listed twice", m)
+			}
+		}
+	}
+	return nil
+}
+
+// checkHeaderName reports whether name may be listed in `headers` or
+// `expose` (which names the subdirective in the error).
+func checkHeaderName(sub, name string) error {
+	if name == "*" {
+		return nil
+	}
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("%s: invalid header name %q", sub, name)
+	}
+	return nil
+}
+
+func checkHeaderList(sub string, names []string) error {
+	for i, name := range names {
+		if err := checkHeaderName(sub, name); err != nil {
+			return err
+		}
+		if name == "*" && len(names) > 1 {
+			return fmt.Errorf("%s: * stands for every header and cannot be combined with header names", sub)
+		}
+		for _, prev := range names[:i] {
+			if strings.EqualFold(prev, name) {
+				return fmt.Errorf("%s: %s listed twice", sub, name)
+			}
+		}
+	}
+	return nil
+}
+
+// ServeHTTP answers preflights and adds the CORS answer to every other
+// response of an allowed origin.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	origins := r.Header[hdrOrigin]
+	if r.Method == http.MethodOptions && len(origins) > 0 && len(r.Header[hdrRequestMethod]) > 0 {
+		h.preflight(w, r, origins)
+		return nil
+	}
+
+	cw := &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h}
+	switch {
+	case h.origins.any:
+		cw.origin = "*"
+	case len(origins) == 1 && h.origins.match(origins[0]):
+		// (no Origin, several, or not allowed: no CORS answer, and none
+		// from a later handler either)
+		// echoed byte for byte: browsers compare it with their own serialisation
+		cw.origin = origins[0]
+	}
+	err := next.ServeHTTP(cw, r)
+	if !cw.wroteHeader {
+		// nothing written yet: the server writes the response after us,
+		// an error (401, 429, 502...) directly or through handle_errors,
+		// on this same header map but without passing through cw
+		cw.answer()
+	}
+	return err
+}
+
+// preflight answers a CORS-preflight request.
+func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, origins []string) {
+	hdr := w.Header()
+	removeAnswer(hdr)
+	addVary(hdr, nil, h.preflightVary...)
+
+	origin := origins[0]
+	if len(origins) != 1 || !h.origins.match(origin) {
+		h.refuse(w, r, "origin not allowed")
+		return
+	}
+	method := r.Header.Get(hdrRequestMethod)
+	if !slices.Contains(h.methods, method) {
+		h.refuse(w, r, "method not allowed")
+		return
+	}
+	requested := strings.Join(r.Header[hdrRequestHeaders], ",")
+	if !h.headersAllowed(requested) {
+		h.refuse(w, r, "header not allowed")
+		return
+	}
+
+	if h.origins.any {
+		origin = "*"
+	}
+	// one backing array for the values, rather than one per header
+	vals := make([]string, 6)
+	set := func(i int, k, v string) {
+		vals[i] = v
+		hdr[k] = vals[i : i+1 : i+1]
+	}
+	set(0, hdrAllowOrigin, origin)
+	if h.Credentials {
+		set(1, hdrAllowCredentials, "true")
+	}
+	set(2, hdrAllowMethods, h.allowMethods)
+	switch {
+	case !h.anyHeader:
+		set(3, hdrAllowHeaders, h.allowHeaders)
+	case strings.TrimSpace(requested) != "":
+		set(3, hdrAllowHeaders, requested)
+	default:
+		set(3, hdrAllowHeaders, "*")
+	}
+	set(4, hdrMaxAge, h.maxAge)
+	if h.PrivateNetwork && strings.EqualFold(r.Header.Get(hdrRequestPrivateNetwork), "true") {
+		set(5, hdrAllowPrivateNetwork, "true")
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// refuse answers a preflight that is not allowed: 403 with no
+// Access-Control-Allow-* header, so the browser blocks the actual request.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why string) {
+	if c := h.logger.Check(zapcore.DebugLevel, "CORS preflight refused"); c != nil {
+		c.Write(zap.String("reason", why),
+			zap.String("origin", r.Header.Get(hdrOrigin)),
+			zap.String("method", r.Header.Get(hdrRequestMethod)),
+			zap.Strings("headers", r.Header[hdrRequestHeaders]))
+	}
+	w.WriteHeader(http.StatusForbidden)
+}
+
+// headersAllowed reports whether every name of a comma-separated
+// Access-Control-Request-Headers value is allowed.
+func (h *Handler) headersAllowed(list string) bool {
+	for list != "" {
+		var name string
+		name, list, _ = strings.Cut(list, ",")
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(name) {
+			return false
+		}
+		if h.anyHeader {
+			continue
+		}
+		if _, ok := h.allowedHeaders[strings.ToLower(name)]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// responseWriter puts the handler's CORS answer on the response when its
+// header is written, replacing whatever later handlers set under those
+// names.
+type responseWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	h           *Handler
+	origin      string // the Access-Control-Allow-Origin value; empty: origin not allowed
+	wroteHeader bool
+
+	// backing for the header values set, so a response costs one allocation
+	// (this struct) rather than one per header; per response, so a later
+	// handler that edits a value in place edits only its own response
+	vals [4]string
+}
+
+// answer writes the handler's CORS answer into the response header.
+func (cw *responseWriter) answer() {
+	hdr := cw.ResponseWriter.Header()
+	removeAnswer(hdr)
+	h := cw.h
+	if !h.origins.any {
+		addVary(hdr, cw.vals[3:4:4], hdrOrigin)
+	}
+	if cw.origin == "" {
+		return
+	}
+	cw.vals[0] = cw.origin
+	hdr[hdrAllowOrigin] = cw.vals[0:1:1]
+	if h.Credentials {
+		cw.vals[1] = "true"
+		hdr[hdrAllowCredentials] = cw.vals[1:2:2]
+	}
+	if h.expose != "" {
+		cw.vals[2] = h.expose
+		hdr[hdrExposeHeaders] = cw.vals[2:3:3]
+	}
+}
+
+// WriteHeader puts the CORS answer on the header, then writes it.
+func (cw *responseWriter) WriteHeader(status int) {
+	if cw.wroteHeader {
+		cw.ResponseWriter.WriteHeader(status)
+		return
+	}
+	// a 1xx is informational: the final header comes later
+	if status >= 200 {
+		cw.wroteHeader = true
+	}
+	cw.answer()
+	cw.ResponseWriter.WriteHeader(status)
+}
+
+// Write writes the header first if needed.
+func (cw *responseWriter) Write(b []byte) (int, error) {
+	if !cw.wroteHeader {
+		cw.WriteHeader(http.StatusOK)
+	}
+	return cw.ResponseWriter.Write(b)
+}
+
+// ReadFrom writes the header first if needed (the wrapper's ReadFrom would
+// go straight to the underlying writer).
+func (cw *responseWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !cw.wroteHeader {
+		cw.WriteHeader(http.StatusOK)
+	}
+	return cw.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// addVary merges tokens into the Vary header: each is added unless Vary
+// already lists it (case-insensitively) or is `*`, and tokens listed more
+// than once (an upstream's Vary: Origin added to ours) are listed once.
+// slot, a slice of length 1 or nil, backs a Vary created from one token,
+// saving an allocation.
+func addVary(hdr http.Header, slot []string, tokens ...string) {
+	vary := hdr[hdrVary]
+	if len(vary) == 0 {
+		if len(tokens) == 1 && slot != nil {
+			slot[0] = tokens[0]
+			hdr[hdrVary] = slot
+			return
+		}
+		hdr[hdrVary] = []string{strings.Join(tokens, ", ")}
+		return
+	}
+	missing, dup := varyState(vary, tokens)
+	if !missing && !dup {
+		return
+	}
+	if !dup {
+		for _, t := range tokens {
+			if !varyHas(vary, t) {
+				vary = append(vary, t)
+			}
+		}
+		hdr[hdrVary] = vary
+		return
+	}
+	// rebuild as one field, each token once, in first-seen order
+	var list []string
+	for _, v := range vary {
+		for t := range strings.SplitSeq(v, ",") {
+			t = strings.TrimSpace(t)
+			if t != "" && !containsFold(list, t) {
+				list = append(list, t)
+			}
+		}
+	}
+	for _, t := range tokens {
+		if !containsFold(list, t) {
+			list = append(list, t)
+		}
+	}
+	hdr[hdrVary] = []string{strings.Join(list, ", ")}
+}
+
+// varyState reports whether a token is missing from the Vary values (a
+// `*` covers every token) and whether one is listed more than once.
+func varyState(vary, tokens []string) (missing, dup bool) {
+	for _, t := range tokens {
+		n, star := 0, false
+		for _, v := range vary {
+			for v != "" {
+				var item string
+				item, v, _ = strings.Cut(v, ",")
+				item = strings.TrimSpace(item)
+				if item == "*" {
+					star = true
+				} else if strings.EqualFold(item, t) {
+					n++
+				}
+			}
+		}
+		if n == 0 && !star {
+			missing = true
+		}
+		if n > 1 {
+			dup = true
+		}
+	}
+	return missing, dup
+}
+
+// varyHas reports whether the Vary values list token (or `*`).
+func varyHas(vary []string, token string) bool {
+	missing, _ := varyState(vary, []string{token})
+	return !missing
+}
+
+func containsFold(list []string, s string) bool {
+	for _, l := range list {
+		if strings.EqualFold(l, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ http.ResponseWriter         = (*responseWriter)(nil)
+	_ io.ReaderFrom               = (*responseWriter)(nil)
+)

@@ -1,0 +1,167 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+)
+
+// settledGoroutines returns the number of goroutines once it has stopped
+// changing (the same for half a second), dropping the client's idle
+// connections first so that the server's side of them ends too.
+func settledGoroutines(client *http.Transport) int {
+	deadline := time.Now().Add(15 * time.Second)
+	last, same := -1, 0
+	for time.Now().Before(deadline) && same < 10 {
+		client.CloseIdleConnections()
+		time.Sleep(50 * time.Millisecond)
+		if n := runtime.NumGoroutine(); n == last {
+			same++
+		} else {
+			last, same = n, 0
+		}
+	}
+	return last
+}
+
+// waitGoroutines waits, up to a generous deadline, for the number of
+// goroutines to come back to at most want, and returns the last count.
+func waitGoroutines(client *http.Transport, want int) int {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		client.CloseIdleConnections()
+		n := runtime.NumGoroutine()
+		if n <= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Backends that hang, stall after their headers or trickle their body, and
+// a client that goes away mid-fan-out: once the request is over, no
+// goroutine of it remains (in the gateway, nor in a backend still waiting
+// on a connection the gateway should have closed).
+func TestAggregateNoGoroutineOutlivesItsRequest(t *testing.T) {
+	hang := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // never answers; returns when the gateway hangs up
+	})
+	stall := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	trickle := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"pad":"`)
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if _, err := io.WriteString(w, "x"); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	})
+	entered := make(chan struct{}, 8)
+	gone := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-r.Context().Done()
+	})
+	// The fast backend closes its connections: an idle keep-alive connection
+	// is not a leak, but its goroutines would blur the count.
+	fast := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, `{"fast":true}`)
+	})
+	tc := gateway(t, "", `
+	handle /hang {
+		aggregate {
+			backend slow `+hang.URL+`/x
+			backend fast `+fast.URL+`/x
+			timeout 300ms
+		}
+	}
+	handle /stall {
+		aggregate {
+			backend slow `+stall.URL+`/x
+			backend fast `+fast.URL+`/x
+			timeout 300ms
+		}
+	}
+	handle /trickle {
+		aggregate {
+			backend slow `+trickle.URL+`/x
+			backend fast `+fast.URL+`/x
+			timeout 300ms
+		}
+	}
+	handle /gone {
+		aggregate {
+			backend a `+gone.URL+`/a
+			backend b `+gone.URL+`/b
+			backend fast `+fast.URL+`/x
+			timeout 1m
+		}
+	}`)
+	client := tc.Client.Transport.(*http.Transport)
+
+	round := func() {
+		for _, path := range []string{"/hang", "/stall", "/trickle"} {
+			resp, body := send(t, tc, get(t, path))
+			want := `{"data":{"slow":null,"fast":{"fast":true}},"errors":[{"backend":"slow","code":"timeout"}]}`
+			if path != "/hang" {
+				want = `{"data":{"slow":null,"fast":{"fast":true}},"errors":[{"backend":"slow","code":"timeout","status":200}]}`
+			}
+			if resp.StatusCode != http.StatusOK || body != want {
+				t.Fatalf("%s: status %d: %s", path, resp.StatusCode, body)
+			}
+		}
+		// The client goes away while both slow backends are waiting.
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			resp, err := tc.Client.Do(get(t, "/gone").WithContext(ctx))
+			if err == nil {
+				resp.Body.Close()
+				t.Error("/gone answered although the client went away")
+			}
+		}()
+		for range 2 {
+			select {
+			case <-entered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("backends of /gone not called")
+			}
+		}
+		cancel()
+		<-done
+	}
+
+	// The first round starts what stays for the process or the config
+	// (Caddy's lazily started goroutines); every later round must leave
+	// nothing behind.
+	round()
+	before := settledGoroutines(client)
+	for range 2 {
+		round()
+	}
+	if after := waitGoroutines(client, before); after > before {
+		var buf bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+		t.Fatalf("%d goroutines before, %d after the requests ended:\n%s", before, after, buf.String())
+	}
+	if hang.hits.Load() != 3 || stall.hits.Load() != 3 || trickle.hits.Load() != 3 || gone.hits.Load() != 6 {
+		t.Fatalf("backend calls: hang %d, stall %d, trickle %d, gone %d", hang.hits.Load(), stall.hits.Load(), trickle.hits.Load(), gone.hits.Load())
+	}
+}
