@@ -95,6 +95,7 @@ func TestJWTCommandTokensVerifyThroughJWTAuth(t *testing.T) {
 		{"PS256", []string{"--key", keyFile(t, "rsa2048.key"), "--alg", "PS256"}},
 		{"ES256", []string{"--key", keyFile(t, "ec256.key")}},
 		{"EdDSA", []string{"--key", keyFile(t, "ed25519.key")}},
+		{"Ed25519", []string{"--key", keyFile(t, "ed25519.key"), "--alg", "Ed25519"}},
 	} {
 		t.Run(k.alg, func(t *testing.T) {
 			tok := signWithBinary(t, append(append([]string{}, k.args...), common...)...)
