@@ -322,13 +322,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
+	// Every response passes through cw, so that the gateway's answer is the
+	// only one: with no Origin, several, or one not allowed, cw.origin stays
+	// empty and the response carries no CORS header, not even an upstream's.
 	cw := &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h}
 	switch {
 	case h.origins.any:
 		cw.origin = "*"
 	case len(origins) == 1 && h.origins.match(origins[0]):
-		// (no Origin, several, or not allowed: no CORS answer, and none
-		// from a later handler either)
 		// echoed byte for byte: browsers compare it with their own serialisation
 		cw.origin = origins[0]
 	}
