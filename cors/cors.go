@@ -55,32 +55,6 @@ const (
 	hdrMaxAge                = "Access-Control-Max-Age"
 )
 
-// removeAnswer deletes the response headers that make up a CORS answer,
-// in any spelling of their names. The gateway's answer is the only one:
-// whatever a later handler or an upstream sets under these names goes.
-func removeAnswer(hdr http.Header) {
-	// one pass over the (small) map is cheaper than a lookup per name
-	for k := range hdr {
-		if len(k) > len(acPrefix) && strings.EqualFold(k[:len(acPrefix)], acPrefix) && isAnswerName(k[len(acPrefix):]) {
-			delete(hdr, k)
-		}
-	}
-}
-
-const acPrefix = "Access-Control-"
-
-func isAnswerName(rest string) bool {
-	for _, n := range [...]string{
-		"Allow-Origin", "Allow-Credentials", "Allow-Methods", "Allow-Headers",
-		"Allow-Private-Network", "Expose-Headers", "Max-Age",
-	} {
-		if strings.EqualFold(rest, n) {
-			return true
-		}
-	}
-	return false
-}
-
 // Handler answers cross-origin requests (the CORS protocol of the Fetch
 // standard) for the routes it is on.
 //
@@ -100,13 +74,14 @@ func isAnswerName(rest string) bool {
 // handlers, and also the errors they return (401 from jwt_auth, 429 from
 // throttle, 502 from reverse_proxy or aggregate), whether Caddy writes
 // them or a `handle_errors` route shapes them, so that browser code can
-// read the status. A request from an origin that is not allowed passes on
-// with no CORS header: the browser keeps the response from the page. CORS
-// is not authorisation; the request still reaches the upstream.
+// read the status. A request from an origin that is not allowed, or without
+// Origin, passes on and its response carries no CORS header: the browser
+// keeps a disallowed origin's response from the page. CORS is not
+// authorisation; the request still reaches the upstream.
 //
 // CORS headers set by later handlers or an upstream are replaced by the
-// handler's (or removed, when the origin is not allowed), so a browser never
-// sees two answers. `Vary: Origin` is merged into the response's Vary
+// handler's (or removed, when there is no answer to give), so a browser
+// never sees two answers. `Vary: Origin` is merged into the response's Vary
 // unless `origins` is `*` (whose answer is the same for every origin and
 // is then sent on every response, as the Fetch standard advises for caches);
 // preflight answers also vary on Access-Control-Request-Method and
@@ -347,13 +322,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
+	// Every response passes through cw, so that the gateway's answer is the
+	// only one: with no Origin, several, or one not allowed, cw.origin stays
+	// empty and the response carries no CORS header, not even an upstream's.
 	cw := &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h}
 	switch {
 	case h.origins.any:
 		cw.origin = "*"
 	case len(origins) == 1 && h.origins.match(origins[0]):
-		// (no Origin, several, or not allowed: no CORS answer, and none
-		// from a later handler either)
 		// echoed byte for byte: browsers compare it with their own serialisation
 		cw.origin = origins[0]
 	}
@@ -522,6 +498,15 @@ func (cw *responseWriter) ReadFrom(r io.Reader) (int64, error) {
 	return cw.ResponseWriterWrapper.ReadFrom(r)
 }
 
+// FlushError writes the header first if needed (http.ResponseController
+// would otherwise flush the underlying writer, header and all, past cw).
+func (cw *responseWriter) FlushError() error {
+	if !cw.wroteHeader {
+		cw.WriteHeader(http.StatusOK)
+	}
+	return http.NewResponseController(cw.ResponseWriter).Flush()
+}
+
 // addVary merges tokens into the Vary header: each is added unless Vary
 // already lists it (case-insensitively) or is `*`, and tokens listed more
 // than once (an upstream's Vary: Origin added to ours) are listed once.
@@ -567,6 +552,32 @@ func addVary(hdr http.Header, slot []string, tokens ...string) {
 		}
 	}
 	hdr[hdrVary] = []string{strings.Join(list, ", ")}
+}
+
+// removeAnswer deletes the response headers that make up a CORS answer,
+// in any spelling of their names. The gateway's answer is the only one:
+// whatever a later handler or an upstream sets under these names goes.
+func removeAnswer(hdr http.Header) {
+	// one pass over the (small) map is cheaper than a lookup per name
+	for k := range hdr {
+		if len(k) > len(acPrefix) && strings.EqualFold(k[:len(acPrefix)], acPrefix) && isAnswerName(k[len(acPrefix):]) {
+			delete(hdr, k)
+		}
+	}
+}
+
+const acPrefix = "Access-Control-"
+
+func isAnswerName(rest string) bool {
+	for _, n := range [...]string{
+		"Allow-Origin", "Allow-Credentials", "Allow-Methods", "Allow-Headers",
+		"Allow-Private-Network", "Expose-Headers", "Max-Age",
+	} {
+		if strings.EqualFold(rest, n) {
+			return true
+		}
+	}
+	return false
 }
 
 // varyState reports whether a token is missing from the Vary values (a

@@ -84,11 +84,11 @@ func TestActualRequestAllowedOrigin(t *testing.T) {
 		"Access-Control-Expose-Headers":    "X-Request-Id, RateLimit",
 		"Vary":                             "Origin",
 	} {
-		if got := w.Header().Values(k); len(got) != 1 || got[0] != want {
+		if got := w.Result().Header.Values(k); len(got) != 1 || got[0] != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
-	if got := w.Header().Get("Access-Control-Allow-Methods"); got != "" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Methods"); got != "" {
 		t.Errorf("actual response has Access-Control-Allow-Methods %q", got)
 	}
 }
@@ -98,7 +98,7 @@ func TestActualRequestAllowedOrigin(t *testing.T) {
 func TestActualRequestEchoesOriginAsSent(t *testing.T) {
 	h := provision(t, &Handler{Origins: []string{"https://app.example.com"}})
 	w, _ := serve(t, h, nil, http.MethodGet, "Origin", "https://APP.example.com:443")
-	if got := w.Header().Get("Access-Control-Allow-Origin"); got != "https://APP.example.com:443" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Origin"); got != "https://APP.example.com:443" {
 		t.Fatalf("Access-Control-Allow-Origin = %q", got)
 	}
 }
@@ -117,10 +117,10 @@ func TestActualRequestDisallowedOriginPassesWithoutCORS(t *testing.T) {
 		if err != nil || !nx.called {
 			t.Fatalf("%s: err %v, next called %v", origin, err, nx.called)
 		}
-		if names := allowHeaders(w.Header()); len(names) != 0 {
+		if names := allowHeaders(w.Result().Header); len(names) != 0 {
 			t.Errorf("%s: CORS headers %v on a disallowed origin", origin, names)
 		}
-		if got := w.Header().Get("Vary"); got != "Origin" {
+		if got := w.Result().Header.Get("Vary"); got != "Origin" {
 			t.Errorf("%s: Vary = %q", origin, got)
 		}
 	}
@@ -130,7 +130,7 @@ func TestActualRequestDisallowedOriginPassesWithoutCORS(t *testing.T) {
 func TestActualRequestTwoOrigins(t *testing.T) {
 	h := provision(t, &Handler{Origins: []string{"https://app.example.com"}})
 	w, _ := serve(t, h, nil, http.MethodGet, "Origin", "https://app.example.com", "Origin", "https://app.example.com")
-	if names := allowHeaders(w.Header()); len(names) != 0 {
+	if names := allowHeaders(w.Result().Header); len(names) != 0 {
 		t.Fatalf("CORS headers %v", names)
 	}
 }
@@ -138,10 +138,10 @@ func TestActualRequestTwoOrigins(t *testing.T) {
 func TestNoOriginGetsVaryOnly(t *testing.T) {
 	h := provision(t, &Handler{Origins: []string{"https://app.example.com"}})
 	w, _ := serve(t, h, nil, http.MethodGet)
-	if names := allowHeaders(w.Header()); len(names) != 0 {
+	if names := allowHeaders(w.Result().Header); len(names) != 0 {
 		t.Fatalf("CORS headers %v without Origin", names)
 	}
-	if got := w.Header().Get("Vary"); got != "Origin" {
+	if got := w.Result().Header.Get("Vary"); got != "Origin" {
 		t.Fatalf("Vary = %q", got)
 	}
 }
@@ -152,16 +152,16 @@ func TestAnyOrigin(t *testing.T) {
 	h := provision(t, &Handler{Origins: []string{"*"}, Expose: []string{"*"}})
 	for _, hdr := range [][]string{{"Origin", "https://x.example"}, {"Origin", "null"}, nil} {
 		w, _ := serve(t, h, nil, http.MethodGet, hdr...)
-		if got := w.Header().Get("Access-Control-Allow-Origin"); got != "*" {
+		if got := w.Result().Header.Get("Access-Control-Allow-Origin"); got != "*" {
 			t.Errorf("%v: Access-Control-Allow-Origin = %q", hdr, got)
 		}
-		if got := w.Header().Get("Access-Control-Allow-Credentials"); got != "" {
+		if got := w.Result().Header.Get("Access-Control-Allow-Credentials"); got != "" {
 			t.Errorf("%v: Access-Control-Allow-Credentials = %q", hdr, got)
 		}
-		if got := w.Header().Get("Access-Control-Expose-Headers"); got != "*" {
+		if got := w.Result().Header.Get("Access-Control-Expose-Headers"); got != "*" {
 			t.Errorf("%v: Access-Control-Expose-Headers = %q", hdr, got)
 		}
-		if got := w.Header().Get("Vary"); got != "" {
+		if got := w.Result().Header.Get("Vary"); got != "" {
 			t.Errorf("%v: Vary = %q", hdr, got)
 		}
 	}
@@ -187,15 +187,15 @@ func TestUpstreamCORSHeadersReplaced(t *testing.T) {
 	if w.Code != http.StatusTeapot {
 		t.Fatalf("status %d", w.Code)
 	}
-	if got := w.Header().Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "https://app.example.com" {
+	if got := w.Result().Header.Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "https://app.example.com" {
 		t.Errorf("Access-Control-Allow-Origin = %q", got)
 	}
 	for _, k := range []string{"Access-Control-Allow-Credentials", "Access-Control-Allow-Methods", "Access-Control-Max-Age"} {
-		if got := w.Header().Values(k); len(got) != 0 {
+		if got := w.Result().Header.Values(k); len(got) != 0 {
 			t.Errorf("%s = %q, want none", k, got)
 		}
 	}
-	vary := strings.Join(w.Header().Values("Vary"), ",")
+	vary := strings.Join(w.Result().Header.Values("Vary"), ",")
 	if n := strings.Count(strings.ToLower(vary), "origin"); n != 1 {
 		t.Errorf("Vary %q lists Origin %d times", vary, n)
 	}
@@ -215,7 +215,7 @@ func TestVaryStarKept(t *testing.T) {
 		return err
 	}}
 	w, _ := serve(t, h, nx, http.MethodGet, "Origin", "https://app.example.com")
-	if got := w.Header().Values("Vary"); len(got) != 1 || got[0] != "*" {
+	if got := w.Result().Header.Values("Vary"); len(got) != 1 || got[0] != "*" {
 		t.Fatalf("Vary = %q", got)
 	}
 }
@@ -235,16 +235,16 @@ func TestErrorFromLaterHandlerKeepsCORS(t *testing.T) {
 	if he, ok := errors.AsType[caddyhttp.HandlerError](err); !ok || he.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("error %v, want the 401 passed on", err)
 	}
-	if w.Header().Get("WWW-Authenticate") == "" {
+	if w.Result().Header.Get("WWW-Authenticate") == "" {
 		t.Error("later handler's header lost")
 	}
-	if got := w.Header().Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "https://app.example.com" {
+	if got := w.Result().Header.Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "https://app.example.com" {
 		t.Errorf("Access-Control-Allow-Origin = %q", got)
 	}
-	if got := w.Header().Get("Access-Control-Allow-Credentials"); got != "true" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Credentials"); got != "true" {
 		t.Errorf("Access-Control-Allow-Credentials = %q", got)
 	}
-	if got := w.Header().Get("Vary"); got != "Origin" {
+	if got := w.Result().Header.Get("Vary"); got != "Origin" {
 		t.Errorf("Vary = %q", got)
 	}
 }
@@ -253,20 +253,30 @@ func TestErrorFromLaterHandlerKeepsCORS(t *testing.T) {
 // ReadFrom, still gets the CORS answer on its header.
 func TestWriteWithoutWriteHeaderAndReadFrom(t *testing.T) {
 	h := provision(t, &Handler{Origins: []string{"https://app.example.com"}})
-	for _, name := range []string{"Write", "ReadFrom"} {
+	for _, name := range []string{"Write", "ReadFrom", "Flush"} {
 		t.Run(name, func(t *testing.T) {
 			nx := &next{fn: func(w http.ResponseWriter, _ *http.Request) error {
 				w.Header().Set("Access-Control-Allow-Origin", "*")
-				if name == "ReadFrom" {
+				switch name {
+				case "ReadFrom":
 					_, err := w.(io.ReaderFrom).ReadFrom(strings.NewReader("body"))
 					return err
+				case "Flush":
+					if err := http.NewResponseController(w).Flush(); err != nil {
+						return err
+					}
 				}
 				_, err := w.Write([]byte("body"))
 				return err
 			}}
 			w, _ := serve(t, h, nx, http.MethodGet, "Origin", "https://app.example.com")
-			if got := w.Header().Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "https://app.example.com" {
+			// the header as it was written, not the live map
+			sent := w.Result().Header
+			if got := sent.Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "https://app.example.com" {
 				t.Fatalf("Access-Control-Allow-Origin = %q", got)
+			}
+			if name == "Flush" {
+				return
 			}
 			if w.Body.String() != "body" {
 				t.Fatalf("body %q", w.Body.String())
@@ -302,11 +312,11 @@ func TestPreflightAllowed(t *testing.T) {
 		"Access-Control-Max-Age":           "600",
 		"Vary":                             "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
 	} {
-		if got := w.Header().Values(k); len(got) != 1 || got[0] != want {
+		if got := w.Result().Header.Values(k); len(got) != 1 || got[0] != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
-	if got := w.Header().Get("Access-Control-Allow-Private-Network"); got != "" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Private-Network"); got != "" {
 		t.Errorf("Access-Control-Allow-Private-Network = %q without private_network", got)
 	}
 }
@@ -324,11 +334,11 @@ func TestPreflightDefaults(t *testing.T) {
 		"Access-Control-Allow-Headers": "Authorization, Content-Type",
 		"Access-Control-Max-Age":       "300",
 	} {
-		if got := w.Header().Get(k); got != want {
+		if got := w.Result().Header.Get(k); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
-	if got := w.Header().Get("Access-Control-Allow-Credentials"); got != "" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Credentials"); got != "" {
 		t.Errorf("Access-Control-Allow-Credentials = %q without credentials", got)
 	}
 }
@@ -336,7 +346,7 @@ func TestPreflightDefaults(t *testing.T) {
 func TestPreflightMaxAgeZero(t *testing.T) {
 	h := provision(t, &Handler{Origins: []string{"http://localhost:3000"}, MaxAge: new(caddy.Duration(0))})
 	w, _ := serve(t, h, nil, http.MethodOptions, "Origin", "http://localhost:3000", "Access-Control-Request-Method", "GET")
-	if got := w.Header().Get("Access-Control-Max-Age"); got != "0" {
+	if got := w.Result().Header.Get("Access-Control-Max-Age"); got != "0" {
 		t.Fatalf("Access-Control-Max-Age = %q", got)
 	}
 }
@@ -365,10 +375,10 @@ func TestPreflightRefused(t *testing.T) {
 		if w.Code != http.StatusForbidden {
 			t.Errorf("%s: status %d, want 403", name, w.Code)
 		}
-		if names := allowHeaders(w.Header()); len(names) != 0 {
+		if names := allowHeaders(w.Result().Header); len(names) != 0 {
 			t.Errorf("%s: refusal carries %v", name, names)
 		}
-		if got := w.Header().Get("Vary"); !strings.Contains(got, "Origin") {
+		if got := w.Result().Header.Get("Vary"); !strings.Contains(got, "Origin") {
 			t.Errorf("%s: Vary = %q", name, got)
 		}
 	}
@@ -384,10 +394,10 @@ func TestPreflightAnyHeader(t *testing.T) {
 	if w.Code != http.StatusNoContent {
 		t.Fatalf("status %d", w.Code)
 	}
-	if got := w.Header().Get("Access-Control-Allow-Headers"); got != "authorization,x-anything" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Headers"); got != "authorization,x-anything" {
 		t.Errorf("Access-Control-Allow-Headers = %q", got)
 	}
-	if got := w.Header().Get("Access-Control-Allow-Origin"); got != "*" {
+	if got := w.Result().Header.Get("Access-Control-Allow-Origin"); got != "*" {
 		t.Errorf("Access-Control-Allow-Origin = %q", got)
 	}
 }
@@ -398,13 +408,13 @@ func TestPreflightPrivateNetwork(t *testing.T) {
 		w, _ := serve(t, h, nil, http.MethodOptions,
 			"Origin", "https://app.example.com", "Access-Control-Request-Method", "GET",
 			"Access-Control-Request-Private-Network", "true")
-		got := w.Header().Get("Access-Control-Allow-Private-Network")
+		got := w.Result().Header.Get("Access-Control-Allow-Private-Network")
 		if enabled && got != "true" || !enabled && got != "" {
 			t.Errorf("private_network %v: Access-Control-Allow-Private-Network = %q", enabled, got)
 		}
 		// not asked: not sent
 		w, _ = serve(t, h, nil, http.MethodOptions, "Origin", "https://app.example.com", "Access-Control-Request-Method", "GET")
-		if got := w.Header().Get("Access-Control-Allow-Private-Network"); got != "" {
+		if got := w.Result().Header.Get("Access-Control-Allow-Private-Network"); got != "" {
 			t.Errorf("private_network %v, not asked: %q", enabled, got)
 		}
 	}

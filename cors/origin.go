@@ -183,7 +183,9 @@ func parseWildcard(e string) (wildcardOrigin, error) {
 	if strings.HasPrefix(domain, "[") {
 		return wildcardOrigin{}, fmt.Errorf("origin %q: a wildcard needs a domain name, not an IP address", e)
 	}
-	if _, err := netip.ParseAddr(domain); err == nil {
+	tld := domain[strings.LastIndexByte(domain, '.')+1:]
+	if _, err := netip.ParseAddr(domain); err == nil || strings.Trim(tld, "0123456789") == "" {
+		// (no top-level domain is all digits: 0.0.1 is the end of an address)
 		return wildcardOrigin{}, fmt.Errorf("origin %q: a wildcard needs a domain name, not an IP address", e)
 	}
 	if !strings.Contains(domain, ".") && domain != "localhost" {

@@ -119,6 +119,7 @@ func TestOriginEntryErrors(t *testing.T) {
 		{[]string{"https://*.*.example.com"}, "whole first label"},
 		{[]string{"https://*.com"}, "top-level domain"},
 		{[]string{"https://*.10.0.0.1"}, "not an IP address"},
+		{[]string{"https://*.0.0.1"}, "not an IP address"},
 		{[]string{"https://*.example.com/"}, "must not end with a slash"},
 		{[]string{"Null"}, "written null"},
 		{[]string{"*", "https://a.example"}, "cannot be combined"},
