@@ -56,6 +56,7 @@ func init() {
 //	401 Bearer realm="<realm>", error="invalid_token"    bad token, or a claim mapped to a header holds a control character
 //	403 Bearer realm="<realm>", error="insufficient_scope"  valid token failing scope or claim rules
 //	400 Bearer realm="<realm>", error="invalid_request"  tokens in more than one place
+//	503 Retry-After: <seconds>                           a remote key set the token needs has never loaded
 type Handler struct {
 	// HMAC secret (HS256/384/512): the text's raw bytes. At least as long
 	// as the hash (32 bytes for HS256); the HMAC algorithms the length
