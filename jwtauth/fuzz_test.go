@@ -1,0 +1,261 @@
+package jwtauth
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// tokenSeeds are tokens from the table tests: valid ones, the RFC 7515
+// examples, and the shapes TestRefusedTokens refuses.
+func tokenSeeds(f *testing.F) []string {
+	valid := hs256(f, validPayload(""))
+	parts := strings.Split(valid, ".")
+	return []string{
+		valid,
+		hs256(f, validPayload(`"aud":["api"],"scope":"read write","n":12345678901234567890`)),
+		"eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+		enc(`{"alg":"none"}`) + "." + enc(validPayload("")) + ".",
+		signRaw(f, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","alg":"HS256"}`, validPayload("")),
+		signRaw(f, jwt.SigningMethodHS256, []byte(testSecret), `{"ALG":"HS256"}`, validPayload("")),
+		signRaw(f, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","kid":"a/B+c=="}`, validPayload("")),
+		signRaw(f, jwt.SigningMethodHS256, []byte(testSecret), `{"alg":"HS256","crit":["exp"]}`, validPayload("")),
+		parts[0] + "." + parts[1] + "." + parts[2] + "=",
+		parts[0] + "." + parts[1],
+		valid + "." + parts[2],
+		strings.Repeat("A.", 100),
+		signRaw(f, jwt.SigningMethodHS256, []byte("another-secret-another-secret-xx"), `{"alg":"HS256"}`, validPayload("")),
+		parts[0] + "." + parts[1] + "." + parts[2][:len(parts[2])-2] + "AA",
+	}
+}
+
+// FuzzVerify feeds any string to the verifier as a token. It must never
+// panic, and it accepts a token only when that token is a compact JWS
+// whose signature is the HMAC of its signing input under the key: nothing
+// else gets through.
+func FuzzVerify(f *testing.F) {
+	for _, s := range tokenSeeds(f) {
+		f.Add(s)
+	}
+	v := newTestVerifier(f, testSecret, nil)
+	v.now = frozen
+	f.Fuzz(func(t *testing.T, token string) {
+		hdr, payload, sig, splitErr := splitCompact(token)
+		if splitErr == nil && hdr+"."+payload+"."+sig != token {
+			t.Fatalf("splitCompact(%q) = %q %q %q", token, hdr, payload, sig)
+		}
+		claims, err := v.verify(context.Background(), token)
+		if err != nil {
+			if claims != nil {
+				t.Fatal("claims returned with an error")
+			}
+			return
+		}
+		if splitErr != nil {
+			t.Fatalf("accepted a token splitCompact refuses: %v", splitErr)
+		}
+		mac := hmac.New(sha256.New, []byte(testSecret))
+		mac.Write([]byte(hdr + "." + payload))
+		if got, _ := base64.RawURLEncoding.DecodeString(sig); !hmac.Equal(got, mac.Sum(nil)) {
+			t.Fatalf("accepted a token not signed with the key: %q", token)
+		}
+	})
+}
+
+// FuzzDecodeHeader decodes any bytes as a JOSE header. It must never
+// panic; what it accepts is one JSON object without duplicate member
+// names, whose exact "alg", "kid" and "typ" members are what it reports.
+func FuzzDecodeHeader(f *testing.F) {
+	for _, s := range []string{
+		`{"alg":"HS256","typ":"JWT"}`, `{"alg":"RS256","kid":"k1"}`, `{"ALG":"HS256"}`,
+		`{"alg":"RS256","Alg":"HS256"}`, `{"alg":"HS256","alg":"none"}`, `{"alg":"HS256","\u0061lg":"x"}`,
+		`{"alg":"HS256","crit":["b64"]}`, `{"alg":null,"kid":null}`, `{"alg":"HS256"} {}`, `[]`, ``,
+		`{"alg":"HS256","jwk":{"kty":"oct","k":"x"},"x5c":["MIIB"]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := decodeHeader(data)
+		if err != nil {
+			return
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatalf("accepted %q, which is not one JSON object: %v", data, err)
+		}
+		var members int
+		dec := json.NewDecoder(bytes.NewReader(data))
+		_, _ = dec.Token()
+		for dec.More() {
+			if _, err := dec.Token(); err != nil {
+				t.Fatal(err)
+			}
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				t.Fatal(err)
+			}
+			members++
+		}
+		if members != len(m) {
+			t.Fatalf("accepted %q with a duplicate member name", data)
+		}
+		var alg *string
+		if raw, ok := m["alg"]; ok {
+			_ = json.Unmarshal(raw, &alg)
+		}
+		if (alg == nil && h.alg != "") || (alg != nil && *alg != h.alg) {
+			t.Fatalf("%q: alg %q, want %v", data, h.alg, alg)
+		}
+		_, hasCrit := m["crit"]
+		if hasCrit != h.hasCrit {
+			t.Fatalf("%q: crit %v, want %v", data, h.hasCrit, hasCrit)
+		}
+	})
+}
+
+// FuzzClaimText renders any JSON value as text. It must never panic;
+// strings stay as they are, numbers keep their literal, and anything
+// rendered as JSON is valid JSON.
+func FuzzClaimText(f *testing.F) {
+	for _, s := range []string{
+		`"alice"`, `9007199254740993`, `1.5e3`, `-0`, `true`, `null`, `["a","b"]`, `[1,"x",true]`,
+		`[{"a":1}]`, `{"a":{"b":[1,2]}}`, `"a\r\nb"`, `"<tag>&"`, `[]`, `{}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return
+		}
+		text, ok := claimText(v)
+		switch v := v.(type) {
+		case nil:
+			if ok || text != "" {
+				t.Fatalf("null rendered as %q", text)
+			}
+		case string:
+			if text != v {
+				t.Fatalf("string %q rendered as %q", v, text)
+			}
+		case json.Number:
+			if text != v.String() {
+				t.Fatalf("number %s rendered as %q", v, text)
+			}
+		case map[string]any:
+			if !json.Valid([]byte(text)) {
+				t.Fatalf("object rendered as invalid JSON %q", text)
+			}
+		case []any:
+			parts := make([]string, 0, len(v))
+			for _, e := range v {
+				switch e.(type) {
+				case string, json.Number, bool:
+					s, _ := claimText(e)
+					parts = append(parts, s)
+				default:
+					// An array holding null, an object or an array is
+					// compact JSON.
+					if !json.Valid([]byte(text)) {
+						t.Fatalf("array rendered as invalid JSON %q", text)
+					}
+					return
+				}
+			}
+			if want := strings.Join(parts, ", "); text != want {
+				t.Fatalf("array of scalars rendered as %q, want %q", text, want)
+			}
+		}
+	})
+}
+
+// FuzzLookupClaim looks any path up in any claims object. It must never
+// panic, and a key holding the whole path is always found.
+func FuzzLookupClaim(f *testing.F) {
+	f.Add([]byte(`{"realm_access":{"roles":["admin"]},"https://example.com/roles":["x"]}`), "realm_access.roles")
+	f.Add([]byte(`{"a":{"b.c":{"d":1}},"a.b":{"c":2}}`), "a.b.c")
+	f.Add([]byte(`{"org":{"id":"o1"}}`), "org.id")
+	f.Add([]byte(`{"a":1}`), "...")
+	f.Fuzz(func(t *testing.T, data []byte, path string) {
+		var claims map[string]any
+		if err := json.Unmarshal(data, &claims); err != nil || claims == nil {
+			return
+		}
+		v, ok := lookupClaim(claims, path)
+		if want, has := claims[path]; has && (!ok || !jsonEqual(v, want)) {
+			t.Fatalf("key %q holding the whole path not found: %v", path, v)
+		}
+		if ok {
+			_, _ = claimText(v)
+		}
+		_, _ = userClaims(claims).placeholder(userPlaceholderPrefix + path)
+	})
+}
+
+func jsonEqual(a, b any) bool {
+	x, err1 := json.Marshal(a)
+	y, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
+}
+
+// FuzzUnmarshalCaddyfile parses any token stream as a jwt_auth block: an
+// error or a config, never a panic. A config it fills survives the trip
+// through JSON that `caddy adapt` makes unchanged, and passes through
+// Validate without a panic.
+func FuzzUnmarshalCaddyfile(f *testing.F) {
+	f.Add("jwt_auth {\n secret " + testSecret + "\n}")
+	f.Add("jwt_auth {\n public_key /nonexistent.pem\n jwks_file /nonexistent.json\n}")
+	f.Add("jwt_auth {\n secret x\n claim role admin editor\n header x-user-id sub\n from_header X-Token Bearer\n leeway 6000d\n}")
+	f.Add("jwt_auth extra {\n}")
+	f.Add("jwt_auth {\n optional yes\n}")
+	goldens, _ := filepath.Glob("../testdata/caddyfile_adapt/jwt_auth_*.caddyfiletest")
+	for _, g := range goldens {
+		data, err := os.ReadFile(g)
+		if err != nil {
+			f.Fatal(err)
+		}
+		text, _, _ := strings.Cut(string(data), "\n----------")
+		if i := strings.Index(text, "jwt_auth"); i >= 0 {
+			block := text[i:]
+			if j := strings.Index(block, "\n\t}"); j >= 0 {
+				block = block[:j+3]
+			}
+			f.Add(block)
+		}
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
+		if err != nil {
+			return
+		}
+		var h Handler
+		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+			return
+		}
+		adapted, err := json.Marshal(&h) //nolint:gosec // the config is what adapt outputs; fuzz input, no real secret
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Handler
+		if err := json.Unmarshal(adapted, &back); err != nil {
+			t.Fatalf("adapted config does not load: %v\n%s", err, adapted)
+		}
+		if again, _ := json.Marshal(&back); !bytes.Equal(again, adapted) { //nolint:gosec // as above
+			t.Fatalf("JSON round trip changed the config:\n%s\n%s", adapted, again)
+		}
+		_ = back.Validate()
+	})
+}
