@@ -135,6 +135,15 @@ func compileURL(raw string) (*urlTemplate, error) {
 	if t.query, err = splitPlaceholders(queryPart); err != nil {
 		return nil, fmt.Errorf("backend URL %q: query: %w", raw, err)
 	}
+	// Literal text goes on the wire as written: a byte that needs
+	// escaping would make Go re-encode the whole path, turning an escaped
+	// value's %2F back into a '/'.
+	if err := checkLiterals(t.path, false); err != nil {
+		return nil, fmt.Errorf("backend URL %q: path: %w", raw, err)
+	}
+	if err := checkLiterals(t.query, true); err != nil {
+		return nil, fmt.Errorf("backend URL %q: query: %w", raw, err)
+	}
 	t.size = len(t.base) + 1
 	var sample strings.Builder
 	sample.WriteString(t.base)
@@ -166,6 +175,33 @@ func compileURL(raw string) (*urlTemplate, error) {
 		return nil, fmt.Errorf("backend URL %q: no host", raw)
 	}
 	return t, nil
+}
+
+// checkLiterals refuses literal bytes that RFC 3986 does not allow in a path
+// (or, with query, a query) unencoded, and '%' not followed by two hex
+// digits.
+func checkLiterals(pieces []piece, query bool) error {
+	for _, p := range pieces {
+		s := p.lit
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			switch {
+			case c == '%':
+				if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+					return fmt.Errorf("%q is not a valid percent-encoding", s[i:min(i+3, len(s))])
+				}
+				i += 2
+			case unreserved(c), strings.IndexByte("!$&'()*+,;=:@/", c) >= 0, query && c == '?':
+			default:
+				return fmt.Errorf("character %q must be percent-encoded (%%%02X)", c, c)
+			}
+		}
+	}
+	return nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 func placeholderErr(where string) error {
