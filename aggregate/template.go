@@ -17,6 +17,7 @@ type urlTemplate struct {
 	base     string  // scheme://authority, never holds a placeholder
 	path     []piece // path pieces; values escaped as one path segment
 	query    []piece // query pieces (without '?'); values query-escaped
+	shown    string // the template without userinfo, for span attributes
 	hasQuery bool
 	size     int  // length of the literal text, to size the builder
 	private  bool // a placeholder may carry per-client data (see isPrivateKey)
@@ -123,6 +124,13 @@ func compileURL(raw string) (*urlTemplate, error) {
 	}
 
 	t := &urlTemplate{base: scheme + "://" + authority}
+	// The template as shown in traces: without userinfo, which may hold a
+	// password.
+	shown := authority
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		shown = authority[at+1:]
+	}
+	t.shown = scheme + "://" + shown + rest[authEnd:]
 	pathPart, queryPart := rest[authEnd:], ""
 	if i := strings.IndexByte(pathPart, '?'); i >= 0 {
 		pathPart, queryPart = pathPart[:i], pathPart[i+1:]
