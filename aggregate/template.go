@@ -17,7 +17,7 @@ type urlTemplate struct {
 	base     string  // scheme://authority, never holds a placeholder
 	path     []piece // path pieces; values escaped as one path segment
 	query    []piece // query pieces (without '?'); values query-escaped
-	shown    string // the template without userinfo, for span attributes
+	shown    string  // the template without userinfo, for span attributes
 	hasQuery bool
 	size     int  // length of the literal text, to size the builder
 	private  bool // a placeholder may carry per-client data (see isPrivateKey)
