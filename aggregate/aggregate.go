@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/caddygateway/caddy-gateway/internal/metrics"
@@ -113,8 +114,9 @@ type Handler struct {
 
 // Backend is one upstream call of the aggregate handler.
 type Backend struct {
-	// Name of the backend: its key in `data` and its `backend` in
-	// `errors`. Required; unique within the handler.
+	// Name of the backend: its key in `data`, its `backend` in `errors`,
+	// its `backend` metric label and its span name. Required; unique within
+	// the handler; UTF-8 text without control characters.
 	Name string `json:"name"`
 
 	// URL template of the backend: an absolute http or https URL.
@@ -126,6 +128,9 @@ type Backend struct {
 	// included) and refused with 400 when empty, `.` or `..`, or when it
 	// holds a control character. A query value is query-escaped (`&`, `=`,
 	// `#`, `+` included). Unknown placeholders expand to the empty string.
+	// Literal text is sent as written: a byte RFC 3986 does not allow
+	// there (a space, a non-ASCII byte, a bare `%`) must be
+	// percent-encoded in the template (`%20`).
 	// The fragment is never sent. Required.
 	URL string `json:"url"`
 
@@ -204,6 +209,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, b := range h.Backends {
 		if b == nil {
 			return errors.New("null backend")
+		}
+		// The name is a metric label value and a span name.
+		if !utf8.ValidString(b.Name) || strings.ContainsFunc(b.Name, unicode.IsControl) {
+			return fmt.Errorf("backend %q: the name must be UTF-8 text without control characters", b.Name)
 		}
 		b.metrics = newBackendMetrics(b.Name)
 		if b.Method == "" {

@@ -241,6 +241,8 @@ func TestValidate(t *testing.T) {
 	for name, h := range map[string]*Handler{
 		"host placeholder":   {Backends: []*Backend{{Name: "a", URL: "http://{x}/"}}},
 		"bad fallback":       {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Fallback: []byte("{x")}}},
+		"name not UTF-8":     {Backends: []*Backend{{Name: "a\xff", URL: "http://127.0.0.1/"}}},
+		"name with newline":  {Backends: []*Backend{{Name: "a\nb", URL: "http://127.0.0.1/"}}},
 		"fallback not UTF-8": {Backends: []*Backend{{Name: "a", URL: "http://127.0.0.1/", Fallback: []byte("\"\xff\"")}}},
 	} {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

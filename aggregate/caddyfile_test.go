@@ -56,48 +56,52 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	}
 }
 
+// caddyfileErrors are Caddyfile inputs the parser refuses, with a part of
+// the error; they also seed FuzzUnmarshalCaddyfile.
+var caddyfileErrors = []struct {
+	input, err string
+}{
+	{"aggregate", "at least one backend"},
+	{"aggregate extra {\n backend a http://h/a\n}", "wrong argument count"},
+	{"aggregate {\n backend a\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a extra\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a\n backend a http://h/b\n}", `duplicate backend name "a"`},
+	{"aggregate {\n backend a http://h/a\n timeout 1s\n timeout 2s\n}", `duplicate subdirective "timeout"`},
+	{"aggregate {\n backend a http://h/a\n max_body 1KB\n max_body 2KB\n}", `duplicate subdirective "max_body"`},
+	{"aggregate {\n backend a http://h/a\n timeout\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a\n timeout 0s\n}", "timeout must be positive"},
+	{"aggregate {\n backend a http://h/a\n max_body\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a\n max_body 0\n}", "max_body 0: must be between 1 byte and 64MiB"},
+	{"aggregate {\n backend a http://h/a\n max_body 65MiB\n}", "max_body 65MiB: must be between 1 byte and 64MiB"},
+	{"aggregate {\n backend a http://h/a {\n fallback \"\xff\"\n }\n}", "fallback is not valid JSON"},
+	{"aggregate {\n backend a http://h/a\n forward_headers\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a\n forward_headers X-A x-a\n}", "listed twice"},
+	{"aggregate {\n backend a http://h/a\n forward_headers Connection\n}", "cannot be forwarded"},
+	{"aggregate {\n backend a http://h/a\n forward_headers Accept-Encoding\n}", "cannot be forwarded"},
+	{"aggregate {\n backend a http://h/a\n bogus\n}", `unrecognized subdirective "bogus"`},
+	{"aggregate {\n backend a http://h/a {\n bogus\n }\n}", `unrecognized subdirective "bogus"`},
+	{"aggregate {\n backend a http://h/a {\n method\n }\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a {\n method GET POST\n }\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a {\n method G(T\n }\n}", "invalid method"},
+	{"aggregate {\n backend a http://h/a {\n method GET\n method POST\n }\n}", `duplicate subdirective "method"`},
+	{"aggregate {\n backend a http://h/a {\n header X-A\n }\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a {\n header Host h\n }\n}", "cannot be set"},
+	{"aggregate {\n backend a http://h/a {\n timeout soon\n }\n}", "parsing timeout"},
+	{"aggregate {\n backend a http://h/a {\n required please\n }\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a {\n required\n required\n }\n}", `duplicate subdirective "required"`}, //nolint:dupword // the duplicate is the test
+	{"aggregate {\n backend a http://h/a {\n target\n }\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a {\n target a..b\n }\n}", "empty segment"},
+	{"aggregate {\n backend a http://h/a {\n fallback\n }\n}", "wrong argument count"},
+	{"aggregate {\n backend a http://h/a {\n fallback {nope}\n }\n}", "fallback is not valid JSON"},
+	{"aggregate {\n backend a http://{x}/a\n}", "placeholder in the host"},
+	{"aggregate {\n backend a http://h:{x}/a\n}", "placeholder in the port"},
+	{"aggregate {\n backend a {x}://h/a\n}", "placeholder in the scheme"},
+	{"aggregate {\n backend a http://{x}@h/a\n}", "placeholder in the userinfo"},
+	{"aggregate {\n backend a http://h/a#{x}\n}", "placeholder in the fragment"},
+}
+
 func TestUnmarshalCaddyfileErrors(t *testing.T) {
-	for _, tc := range []struct {
-		input, err string
-	}{
-		{"aggregate", "at least one backend"},
-		{"aggregate extra {\n backend a http://h/a\n}", "wrong argument count"},
-		{"aggregate {\n backend a\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a extra\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a\n backend a http://h/b\n}", `duplicate backend name "a"`},
-		{"aggregate {\n backend a http://h/a\n timeout 1s\n timeout 2s\n}", `duplicate subdirective "timeout"`},
-		{"aggregate {\n backend a http://h/a\n max_body 1KB\n max_body 2KB\n}", `duplicate subdirective "max_body"`},
-		{"aggregate {\n backend a http://h/a\n timeout\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a\n timeout 0s\n}", "timeout must be positive"},
-		{"aggregate {\n backend a http://h/a\n max_body\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a\n max_body 0\n}", "max_body 0: must be between 1 byte and 64MiB"},
-		{"aggregate {\n backend a http://h/a\n max_body 65MiB\n}", "max_body 65MiB: must be between 1 byte and 64MiB"},
-		{"aggregate {\n backend a http://h/a {\n fallback \"\xff\"\n }\n}", "fallback is not valid JSON"},
-		{"aggregate {\n backend a http://h/a\n forward_headers\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a\n forward_headers X-A x-a\n}", "listed twice"},
-		{"aggregate {\n backend a http://h/a\n forward_headers Connection\n}", "cannot be forwarded"},
-		{"aggregate {\n backend a http://h/a\n forward_headers Accept-Encoding\n}", "cannot be forwarded"},
-		{"aggregate {\n backend a http://h/a\n bogus\n}", `unrecognized subdirective "bogus"`},
-		{"aggregate {\n backend a http://h/a {\n bogus\n }\n}", `unrecognized subdirective "bogus"`},
-		{"aggregate {\n backend a http://h/a {\n method\n }\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a {\n method GET POST\n }\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a {\n method G(T\n }\n}", "invalid method"},
-		{"aggregate {\n backend a http://h/a {\n method GET\n method POST\n }\n}", `duplicate subdirective "method"`},
-		{"aggregate {\n backend a http://h/a {\n header X-A\n }\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a {\n header Host h\n }\n}", "cannot be set"},
-		{"aggregate {\n backend a http://h/a {\n timeout soon\n }\n}", "parsing timeout"},
-		{"aggregate {\n backend a http://h/a {\n required please\n }\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a {\n required\n required\n }\n}", `duplicate subdirective "required"`}, //nolint:dupword // the duplicate is the test
-		{"aggregate {\n backend a http://h/a {\n target\n }\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a {\n target a..b\n }\n}", "empty segment"},
-		{"aggregate {\n backend a http://h/a {\n fallback\n }\n}", "wrong argument count"},
-		{"aggregate {\n backend a http://h/a {\n fallback {nope}\n }\n}", "fallback is not valid JSON"},
-		{"aggregate {\n backend a http://{x}/a\n}", "placeholder in the host"},
-		{"aggregate {\n backend a http://h:{x}/a\n}", "placeholder in the port"},
-		{"aggregate {\n backend a {x}://h/a\n}", "placeholder in the scheme"},
-		{"aggregate {\n backend a http://{x}@h/a\n}", "placeholder in the userinfo"},
-		{"aggregate {\n backend a http://h/a#{x}\n}", "placeholder in the fragment"},
-	} {
+	for _, tc := range caddyfileErrors {
 		var h Handler
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
 		if err == nil || !strings.Contains(err.Error(), tc.err) {

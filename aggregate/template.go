@@ -17,6 +17,7 @@ type urlTemplate struct {
 	base     string  // scheme://authority, never holds a placeholder
 	path     []piece // path pieces; values escaped as one path segment
 	query    []piece // query pieces (without '?'); values query-escaped
+	shown    string  // the template without userinfo, for span attributes
 	hasQuery bool
 	size     int  // length of the literal text, to size the builder
 	private  bool // a placeholder may carry per-client data (see isPrivateKey)
@@ -123,6 +124,13 @@ func compileURL(raw string) (*urlTemplate, error) {
 	}
 
 	t := &urlTemplate{base: scheme + "://" + authority}
+	// The template as shown in traces: without userinfo, which may hold a
+	// password.
+	shown := authority
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		shown = authority[at+1:]
+	}
+	t.shown = scheme + "://" + shown + rest[authEnd:]
 	pathPart, queryPart := rest[authEnd:], ""
 	if i := strings.IndexByte(pathPart, '?'); i >= 0 {
 		pathPart, queryPart = pathPart[:i], pathPart[i+1:]
@@ -133,6 +141,15 @@ func compileURL(raw string) (*urlTemplate, error) {
 		return nil, fmt.Errorf("backend URL %q: path: %w", raw, err)
 	}
 	if t.query, err = splitPlaceholders(queryPart); err != nil {
+		return nil, fmt.Errorf("backend URL %q: query: %w", raw, err)
+	}
+	// Literal text goes on the wire as written: a byte that needs
+	// escaping would make Go re-encode the whole path, turning an escaped
+	// value's %2F back into a '/'.
+	if err := checkLiterals(t.path, false); err != nil {
+		return nil, fmt.Errorf("backend URL %q: path: %w", raw, err)
+	}
+	if err := checkLiterals(t.query, true); err != nil {
 		return nil, fmt.Errorf("backend URL %q: query: %w", raw, err)
 	}
 	t.size = len(t.base) + 1
@@ -166,6 +183,33 @@ func compileURL(raw string) (*urlTemplate, error) {
 		return nil, fmt.Errorf("backend URL %q: no host", raw)
 	}
 	return t, nil
+}
+
+// checkLiterals refuses literal bytes that RFC 3986 does not allow in a path
+// (or, with query, a query) unencoded, and '%' not followed by two hex
+// digits.
+func checkLiterals(pieces []piece, query bool) error {
+	for _, p := range pieces {
+		s := p.lit
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			switch {
+			case c == '%':
+				if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+					return fmt.Errorf("%q is not a valid percent-encoding", s[i:min(i+3, len(s))])
+				}
+				i += 2
+			case unreserved(c), strings.IndexByte("!$&'()*+,;=:@/", c) >= 0, query && c == '?':
+			default:
+				return fmt.Errorf("character %q must be percent-encoded (%%%02X)", c, c)
+			}
+		}
+	}
+	return nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 func placeholderErr(where string) error {

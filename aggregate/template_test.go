@@ -10,34 +10,45 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
+// compileURLCases are URL templates with the error they give ("" when
+// valid); they also seed FuzzURLTemplate.
+var compileURLCases = []struct {
+	raw, err string
+}{
+	{raw: "http://127.0.0.1:9001/users/{http.auth.user.id}"},
+	{raw: "https://svc.internal/v1/{a}/x/{b}?q={c}&lit=1"},
+	{raw: "http://127.0.0.1:9001"},
+	{raw: "HTTP://127.0.0.1:9001/a#static-fragment"},
+	{raw: "http://[::1]:9001/a/{x}"},
+	{raw: "http://u:p@127.0.0.1/a/{x}"}, //nolint:gosec // not a credential
+	{raw: "{s}://127.0.0.1/a", err: "placeholder in the scheme"},
+	{raw: "http{s}://127.0.0.1/a", err: "placeholder in the scheme"},
+	{raw: "http://{host}/a", err: "placeholder in the host"},
+	{raw: "http://api.{tenant}.internal/a", err: "placeholder in the host"},
+	{raw: "http://127.0.0.1:{port}/a", err: "placeholder in the port"},
+	{raw: "http://[::1]:{port}/a", err: "placeholder in the port"},
+	{raw: "http://{user}@127.0.0.1/a", err: "placeholder in the userinfo"},
+	{raw: "http://u:{pw}@127.0.0.1/a", err: "placeholder in the userinfo"},
+	{raw: "http://127.0.0.1/a#{frag}", err: "placeholder in the fragment"},
+	{raw: "http://127.0.0.1/a?x=1#{frag}", err: "placeholder in the fragment"},
+	{raw: "ftp://127.0.0.1/a", err: "scheme must be http or https"},
+	{raw: "/relative/{x}", err: "must be absolute"},
+	{raw: "http:///a", err: "no host"},
+	{raw: "http://127.0.0.1/a/{x", err: "unclosed"},
+	{raw: "http://127.0.0.1/a/x}", err: "unbalanced"},
+	{raw: "http://127.0.0.1/a/{}", err: "malformed placeholder"},
+	{raw: "http://127.0.0.1/a?q={x", err: "unclosed"},
+	{raw: "http://127.0.0.1/a b/{x}", err: "character ' ' must be percent-encoded (%20)"},
+	{raw: "http://127.0.0.1/é/{x}", err: "must be percent-encoded (%C3)"},
+	{raw: "http://127.0.0.1/a/{x}?q=a b", err: "query: character ' ' must be percent-encoded"},
+	{raw: "http://127.0.0.1/a%zz/{x}", err: "not a valid percent-encoding"},
+	{raw: "http://127.0.0.1/a%2", err: "not a valid percent-encoding"},
+	{raw: "http://127.0.0.1/a%20b/{x}?q=a%20b&r=!$'()*+,;=:@/?"},
+	{raw: "http://127.0.0.1/a\\b", err: "must be percent-encoded"},
+}
+
 func TestCompileURL(t *testing.T) {
-	for _, tc := range []struct {
-		raw, err string
-	}{
-		{raw: "http://127.0.0.1:9001/users/{http.auth.user.id}"},
-		{raw: "https://svc.internal/v1/{a}/x/{b}?q={c}&lit=1"},
-		{raw: "http://127.0.0.1:9001"},
-		{raw: "HTTP://127.0.0.1:9001/a#static-fragment"},
-		{raw: "http://[::1]:9001/a/{x}"},
-		{raw: "http://u:p@127.0.0.1/a/{x}"}, //nolint:gosec // not a credential
-		{raw: "{s}://127.0.0.1/a", err: "placeholder in the scheme"},
-		{raw: "http{s}://127.0.0.1/a", err: "placeholder in the scheme"},
-		{raw: "http://{host}/a", err: "placeholder in the host"},
-		{raw: "http://api.{tenant}.internal/a", err: "placeholder in the host"},
-		{raw: "http://127.0.0.1:{port}/a", err: "placeholder in the port"},
-		{raw: "http://[::1]:{port}/a", err: "placeholder in the port"},
-		{raw: "http://{user}@127.0.0.1/a", err: "placeholder in the userinfo"},
-		{raw: "http://u:{pw}@127.0.0.1/a", err: "placeholder in the userinfo"},
-		{raw: "http://127.0.0.1/a#{frag}", err: "placeholder in the fragment"},
-		{raw: "http://127.0.0.1/a?x=1#{frag}", err: "placeholder in the fragment"},
-		{raw: "ftp://127.0.0.1/a", err: "scheme must be http or https"},
-		{raw: "/relative/{x}", err: "must be absolute"},
-		{raw: "http:///a", err: "no host"},
-		{raw: "http://127.0.0.1/a/{x", err: "unclosed"},
-		{raw: "http://127.0.0.1/a/x}", err: "unbalanced"},
-		{raw: "http://127.0.0.1/a/{}", err: "malformed placeholder"},
-		{raw: "http://127.0.0.1/a?q={x", err: "unclosed"},
-	} {
+	for _, tc := range compileURLCases {
 		_, err := compileURL(tc.raw)
 		switch {
 		case tc.err == "" && err != nil:

@@ -51,7 +51,7 @@ func startSpan(ctx context.Context, tracer trace.Tracer, b *Backend, hdr http.He
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
 			attribute.String("aggregate.backend", b.Name),
-			attribute.String("url.template", b.URL),
+			attribute.String("url.template", b.url.shown),
 			attribute.String("http.request.method", b.Method),
 		))
 	for _, name := range traceHeaders {

@@ -49,7 +49,7 @@ func TestBackendCallsAreChildSpans(t *testing.T) {
 	ok, failing, seen := traceBackends(t)
 	h := provisioned(t, &Handler{Backends: []*Backend{
 		{Name: "user", URL: ok.URL + "/users/{http.request.uri.query.id}"},
-		{Name: "orders", URL: failing.URL + "/orders"},
+		{Name: "orders", URL: strings.Replace(failing.URL, "://", "://svc:s3cret@", 1) + "/orders"},
 	}})
 
 	rec := tracetest.NewSpanRecorder()
@@ -104,6 +104,9 @@ func TestBackendCallsAreChildSpans(t *testing.T) {
 		t.Error("successful call has an error status")
 	}
 	o := attrs(byName["orders"])
+	if o["url.template"].AsString() != failing.URL+"/orders" {
+		t.Errorf("orders url.template %q: userinfo must not reach a trace", o["url.template"].AsString())
+	}
 	if o["http.response.status_code"].AsInt64() != 503 || o["aggregate.outcome"].AsString() != "status" ||
 		byName["orders"].Status().Code != codes.Error {
 		t.Errorf("orders span attributes %v, status %v", o, byName["orders"].Status())

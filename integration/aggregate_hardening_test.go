@@ -293,3 +293,22 @@ func TestAggregatePrivateWhenRequestDependent(t *testing.T) {
 		}
 	}
 }
+
+// Literal URL text that needs escaping would make Go re-encode the whole
+// path on the wire (an escaped %2F in a value arriving as '/'), and a
+// backend name is a metric label: both are refused at load.
+func TestAggregateURLLiteralAndBackendNameRefused(t *testing.T) {
+	gateway(t, "", `respond "ok"`) // a running admin endpoint
+	for what, backend := range map[string]string{
+		"character ' ' must be percent-encoded": `{"name":"a","url":"http://127.0.0.1:9/my files/{http.request.uri.query.id}"}`,
+		"not a valid percent-encoding":          `{"name":"a","url":"http://127.0.0.1:9/a%zz/{http.request.uri.query.id}"}`,
+		"without control characters":            `{"name":"a\nb","url":"http://127.0.0.1:9/a"}`,
+	} {
+		cfg := fmt.Sprintf(`{"admin":{"listen":"localhost:%d"},"apps":{"http":{"servers":{"s":{"listen":[":%d"],"routes":[{"handle":[{"handler":"aggregate","backends":[%s]}]}]}}}}}`,
+			adminPort, httpPort, backend)
+		status, body := aggLoad(t, "application/json", cfg)
+		if status == http.StatusOK || !strings.Contains(body, what) {
+			t.Errorf("%s: %d %s", what, status, body)
+		}
+	}
+}
