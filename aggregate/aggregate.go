@@ -211,7 +211,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return errors.New("null backend")
 		}
 		// The name is a metric label value and a span name.
-		if !utf8.ValidString(b.Name) || strings.ContainsFunc(b.Name, unicode.IsControl) {
+		if !validName(b.Name) {
 			return fmt.Errorf("backend %q: the name must be UTF-8 text without control characters", b.Name)
 		}
 		b.metrics = newBackendMetrics(b.Name)
@@ -358,6 +358,12 @@ func (h *Handler) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validName reports whether a backend name can be a metric label value and
+// a span name: UTF-8 text without control characters.
+func validName(name string) bool {
+	return utf8.ValidString(name) && !strings.ContainsFunc(name, unicode.IsControl)
 }
 
 func validMethod(m string) bool {

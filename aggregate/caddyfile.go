@@ -137,6 +137,9 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 	if !d.AllArgs(&b.Name, &b.URL) {
 		return nil, d.ArgErr()
 	}
+	if !validName(b.Name) {
+		return nil, d.Errf("backend %q: the name must be UTF-8 text without control characters", b.Name)
+	}
 	if _, err := compileURL(b.URL); err != nil {
 		return nil, d.Errf("backend %q: %v", b.Name, err)
 	}

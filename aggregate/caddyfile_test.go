@@ -64,6 +64,7 @@ var caddyfileErrors = []struct {
 	{"aggregate", "at least one backend"},
 	{"aggregate extra {\n backend a http://h/a\n}", "wrong argument count"},
 	{"aggregate {\n backend a\n}", "wrong argument count"},
+	{"aggregate {\n backend \"a\tb\" http://h/a\n}", "without control characters"},
 	{"aggregate {\n backend a http://h/a extra\n}", "wrong argument count"},
 	{"aggregate {\n backend a http://h/a\n backend a http://h/b\n}", `duplicate backend name "a"`},
 	{"aggregate {\n backend a http://h/a\n timeout 1s\n timeout 2s\n}", `duplicate subdirective "timeout"`},
