@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -109,7 +110,9 @@ type Handler struct {
 	metrics        responseMetrics
 	transport      *http.Transport
 	client         *http.Client
-	logger         *zap.Logger
+	cleanedUp      atomic.Bool // set by Cleanup: requests still served close their connections
+
+	logger *zap.Logger
 }
 
 // Backend is one upstream call of the aggregate handler.
@@ -378,8 +381,12 @@ func validMethod(m string) bool {
 	return true
 }
 
-// Cleanup closes the idle connections of the handler's transport.
+// Cleanup closes the idle connections of the handler's transport. Caddy
+// runs it on reload without waiting for the old config's requests; those
+// still served afterwards close their connections when they end (see
+// ServeHTTP), so none stays idle in a transport nobody uses.
 func (h *Handler) Cleanup() error {
+	h.cleanedUp.Store(true)
 	if h.transport != nil {
 		h.transport.CloseIdleConnections()
 	}
@@ -466,6 +473,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	h.callBackend(ctx, tracer, h.Backends[0], &calls[0])
 	wg.Wait()
+	if h.cleanedUp.Load() {
+		// a request of a config already replaced: its connections
+		// would otherwise sit idle until IdleConnTimeout
+		h.transport.CloseIdleConnections()
+	}
 
 	results := make([]result, len(calls))
 	for i := range calls {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -250,5 +251,44 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%s: provisioned", name)
 		}
 		cancel()
+	}
+}
+
+// Caddy runs Cleanup on reload without waiting for the old config's
+// requests: a request that reaches the old handler after Cleanup must not
+// leave its backend connection idle in the old transport (for
+// IdleConnTimeout), it is closed when the request ends.
+func TestConnectionOfRequestAfterCleanupIsClosed(t *testing.T) {
+	var states sync.Map // net.Conn -> http.ConnState
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `{}`)
+	}))
+	backend.Config.ConnState = func(c net.Conn, s http.ConnState) { states.Store(c, s) }
+	backend.Start()
+	defer backend.Close()
+	h := provisioned(t, &Handler{Backends: []*Backend{{Name: "a", URL: backend.URL}}})
+	if err := h.Cleanup(); err != nil { // the reload: the config is gone, its requests are not
+		t.Fatal(err)
+	}
+	rec, err := serve(h, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil))
+	if err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("got %v %d", err, rec.Code)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		open := 0
+		states.Range(func(_, s any) bool {
+			if s.(http.ConnState) != http.StateClosed {
+				open++
+			}
+			return true
+		})
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d backend connection(s) still open after the cleaned-up handler's request", open)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
