@@ -110,9 +110,8 @@ type Handler struct {
 	metrics        responseMetrics
 	transport      *http.Transport
 	client         *http.Client
-	cleanedUp      atomic.Bool // set by Cleanup: requests still served close their connections
-
-	logger *zap.Logger
+	cleanedUp      *atomic.Bool // set by Cleanup: requests still served close their connections
+	logger         *zap.Logger
 }
 
 // Backend is one upstream call of the aggregate handler.
@@ -254,6 +253,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.transport = newTransport()
+	h.cleanedUp = new(atomic.Bool)
 	h.client = &http.Client{
 		Transport: h.transport,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -386,8 +386,8 @@ func validMethod(m string) bool {
 // still served afterwards close their connections when they end (see
 // ServeHTTP), so none stays idle in a transport nobody uses.
 func (h *Handler) Cleanup() error {
-	h.cleanedUp.Store(true)
 	if h.transport != nil {
+		h.cleanedUp.Store(true)
 		h.transport.CloseIdleConnections()
 	}
 	return nil
