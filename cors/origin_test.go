@@ -169,8 +169,7 @@ func FuzzOriginMatch(f *testing.F) {
 		if err != nil {
 			return
 		}
-		got := m.match(origin)
-		if !got {
+		if !m.match(origin) || m.any { // * matches anything, by design
 			return
 		}
 		if entry == "null" || origin == "null" {
@@ -182,9 +181,6 @@ func FuzzOriginMatch(f *testing.F) {
 		k, err := parseOrigin(origin)
 		if err != nil {
 			t.Fatalf("entry %q matched unparsable origin %q: %v", entry, origin, err)
-		}
-		if strings.ContainsAny(origin, "/?#@ \t") && !strings.Contains(origin, "://") {
-			t.Fatalf("entry %q matched %q", entry, origin)
 		}
 		if strings.ContainsAny(origin[strings.Index(origin, "://")+3:], "/?#@ \t\\") {
 			t.Fatalf("entry %q matched origin %q with more than scheme, host and port", entry, origin)
@@ -208,8 +204,11 @@ func FuzzOriginMatch(f *testing.F) {
 		if k != want {
 			t.Fatalf("entry %q (%v) matched origin %q (%v)", entry, want, origin, k)
 		}
-		if !strings.EqualFold(strings.TrimSuffix(strings.TrimSuffix(origin, ":443"), ":80"), want.String()) &&
-			!strings.EqualFold(origin, want.String()) && !strings.HasPrefix(want.host, "[") {
+		// the same text but for case and an explicit default port (IPv6
+		// literals also have other spellings of one address)
+		if !strings.EqualFold(origin, want.String()) &&
+			!strings.EqualFold(origin, want.String()+":"+defaultPort(want.scheme)) &&
+			!strings.HasPrefix(want.host, "[") {
 			t.Fatalf("entry %q matched origin %q that differs beyond case and default port", entry, origin)
 		}
 	})
