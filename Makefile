@@ -24,7 +24,7 @@ lint:
 	bash scripts/lint.sh
 
 bench:
-	go test -run '^$$' -bench . -benchmem ./jwtauth/... ./ratelimit/... ./aggregate/...
+	go test -run '^$$' -bench . -benchmem ./jwtauth/... ./ratelimit/... ./aggregate/... ./cors/...
 
 fuzz:
 	FUZZTIME=$${FUZZTIME:-60s} bash scripts/fuzz.sh
