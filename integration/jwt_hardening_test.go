@@ -186,6 +186,48 @@ func TestJWTQueryTokenKeptOutOfAccessLog(t *testing.T) {
 	})
 }
 
+// A token read from a custom header is logged with the request headers
+// (Caddy redacts only Authorization and Cookie); the documented filter
+// removes it.
+func TestJWTHeaderTokenKeptOutOfAccessLog(t *testing.T) {
+	tok := token(t, `"sub":"a"`)
+	run := func(t *testing.T, format string) string {
+		logFile := filepath.Join(t.TempDir(), "access.log")
+		tc := gateway(t, "", `
+	log {
+		output file `+logFile+`
+		`+format+`
+	}
+	jwt_auth {
+		secret `+jwtSecret+`
+		from_header X-Token
+	}
+	respond "ok" 200`)
+		resp, _ := do(t, tc, get(t, "/marker", "X-Token", tok))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatal(resp.StatusCode)
+		}
+		var data []byte
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if data, _ = os.ReadFile(logFile); strings.Contains(string(data), "/marker") {
+				break
+			}
+		}
+		if !strings.Contains(string(data), "/marker") {
+			t.Fatalf("access log lacks the request:\n%s", data)
+		}
+		return string(data)
+	}
+	if log := run(t, ""); !strings.Contains(log, tok) {
+		t.Fatalf("expected the token in the unfiltered log (else this test proves nothing):\n%s", log)
+	}
+	if log := run(t, `format filter {
+			request>headers>X-Token delete
+		}`); strings.Contains(log, tok) {
+		t.Fatalf("token in the filtered access log:\n%s", log)
+	}
+}
+
 // A header with a duplicate member name, or a member name in another
 // casing, is refused through the whole stack.
 func TestJWTStrictHeaderThroughCaddy(t *testing.T) {

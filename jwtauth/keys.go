@@ -74,6 +74,7 @@ type algSet uint16
 const (
 	hmacAlgs  = algSet(1<<algHS256 | 1<<algHS384 | 1<<algHS512)
 	rsaAlgs   = algSet(1<<algRS256 | 1<<algRS384 | 1<<algRS512 | 1<<algPS256 | 1<<algPS384 | 1<<algPS512)
+	edAlgs    = algSet(1<<algEdDSA | 1<<algEd25519)
 	allAlgSet = algSet(1<<numAlgs - 1)
 )
 
@@ -166,7 +167,7 @@ func pinKey(key any, jwkAlg string, allowed algSet) (algSet, error) {
 			return 0, errors.New("unsupported elliptic curve (P-256, P-384 and P-521 are supported)")
 		}
 	case ed25519.PublicKey:
-		implied = 1<<algEdDSA | 1<<algEd25519
+		implied = edAlgs
 	default:
 		return 0, fmt.Errorf("unsupported key type %T", key)
 	}
@@ -182,6 +183,11 @@ func pinKey(key any, jwkAlg string, allowed algSet) (algSet, error) {
 			return 0, fmt.Errorf("JWK alg %s does not fit the key type", a)
 		}
 		implied = 1 << a
+		if a == algEdDSA || a == algEd25519 {
+			// On an Ed25519 key both names denote the one algorithm
+			// (RFC 9864 §2): a key labelled with either verifies both.
+			implied = edAlgs
+		}
 	}
 	pinned := implied & allowed
 	if pinned == 0 {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -61,63 +62,150 @@ type header struct {
 // maxHeaderMembers bounds the members of a JOSE header.
 const maxHeaderMembers = 32
 
-// decodeHeader decodes a JOSE header strictly: a JSON object whose member
+// decodeHeader decodes a JOSE header strictly: one JSON object whose member
 // names are matched exactly (case-sensitive: "ALG" is not "alg"), with no
 // member name twice (RFC 7515 §4: a duplicate is refused rather than the
-// last one taken), and alg, kid and typ strings when present.
+// last one taken, escaped spellings included), and alg, kid and typ
+// strings when present. encoding/json checks the syntax; the walk below
+// only finds the members of an object known to be valid.
 func decodeHeader(data []byte) (header, error) {
 	var h header
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	if !json.Valid(data) {
 		return h, errMalformed
 	}
-	var seen [maxHeaderMembers]string
+	i := skipSpace(data, 0)
+	if i == len(data) || data[i] != '{' {
+		return h, errMalformed
+	}
+	var seen [maxHeaderMembers][]byte
 	n := 0
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
+	i = skipSpace(data, i+1)
+	for i < len(data) && data[i] != '}' {
+		if data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+		end := skipString(data, i)
+		name, err := memberName(data[i:end])
+		if err != nil || n == maxHeaderMembers {
 			return h, errMalformed
 		}
-		name, ok := tok.(string)
-		if !ok || n == maxHeaderMembers || slices.Contains(seen[:n], name) {
-			return h, errMalformed
+		for _, other := range seen[:n] {
+			if bytes.Equal(other, name) {
+				return h, errMalformed
+			}
 		}
 		seen[n] = name
 		n++
-		var str *string
-		switch name {
+		i = skipSpace(data, end)
+		i = skipSpace(data, i+1) // the colon
+		end = skipValue(data, i)
+		value := data[i:end]
+		switch string(name) {
 		case "alg":
-			err = dec.Decode(&str)
-			if str != nil {
-				h.alg = *str
-			}
+			h.alg, _, err = stringMember(value)
 		case "kid":
-			err = dec.Decode(&str)
-			if str != nil {
-				h.kid, h.hasKid = *str, true
-			}
+			h.kid, h.hasKid, err = stringMember(value)
 		case "typ":
-			err = dec.Decode(&str)
-			if str != nil {
-				h.typ, h.hasTyp = *str, true
-			}
+			h.typ, h.hasTyp, err = stringMember(value)
 		case "crit":
 			h.hasCrit = true
-			err = dec.Decode(&json.RawMessage{})
-		default:
-			err = dec.Decode(&json.RawMessage{})
 		}
 		if err != nil {
 			return h, errMalformed
 		}
-	}
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return h, errMalformed
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return h, errMalformed // trailing data after the header object
+		i = skipSpace(data, end)
 	}
 	return h, nil
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index just after the string starting at data[i]
+// (a quote, in valid JSON).
+func skipString(data []byte, i int) int {
+	for i++; i < len(data); i++ {
+		switch data[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
+}
+
+// skipValue returns the index just after the value starting at data[i],
+// in valid JSON.
+func skipValue(data []byte, i int) int {
+	depth := 0
+	for i < len(data) {
+		switch c := data[i]; c {
+		case '"':
+			i = skipString(data, i)
+			if depth == 0 {
+				return i
+			}
+			continue
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',':
+			if depth == 0 {
+				return i
+			}
+		case ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i
+			}
+		}
+		i++
+	}
+	return i
+}
+
+// memberName returns a member name's text: the bytes between the quotes,
+// or, when it holds escapes, its decoded form.
+func memberName(quoted []byte) ([]byte, error) {
+	if len(quoted) < 2 || quoted[0] != '"' || quoted[len(quoted)-1] != '"' {
+		return nil, errMalformed
+	}
+	if name := quoted[1 : len(quoted)-1]; bytes.IndexByte(name, '\\') < 0 && utf8.Valid(name) {
+		return name, nil
+	}
+	var s string
+	if err := json.Unmarshal(quoted, &s); err != nil {
+		return nil, errMalformed
+	}
+	return []byte(s), nil
+}
+
+// stringMember decodes a member that must be a string or null (absent).
+func stringMember(value []byte) (string, bool, error) {
+	switch {
+	case string(value) == "null":
+		return "", false, nil
+	case len(value) >= 2 && value[0] == '"' && bytes.IndexByte(value, '\\') < 0 && utf8.Valid(value):
+		return string(value[1 : len(value)-1]), true, nil
+	case len(value) > 0 && value[0] == '"':
+		var s string
+		if err := json.Unmarshal(value, &s); err != nil {
+			return "", false, errMalformed
+		}
+		return s, true, nil
+	}
+	return "", false, errMalformed
 }
 
 // staticKeySet is a fixed list of keys.

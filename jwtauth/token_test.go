@@ -2,6 +2,7 @@ package jwtauth
 
 import (
 	"context"
+	"crypto"
 	cryptoRand "crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -452,3 +453,45 @@ func BenchmarkVerify(b *testing.B) {
 type rngReader struct{}
 
 func (rngReader) Read(p []byte) (int, error) { return cryptoRand.Read(p) }
+
+// Ed25519 keys verify EdDSA and RFC 9864's Ed25519 (one algorithm under
+// two names), whatever the JWK calls it; `algorithms` narrows by name; no
+// other key type takes Ed25519.
+func TestEd25519Pinning(t *testing.T) {
+	pub := privateKey(t, "ed25519.key").(interface{ Public() crypto.PublicKey }).Public()
+	for _, c := range []struct {
+		jwkAlg  string
+		allowed []string
+		want    string
+	}{
+		{"", nil, "EdDSA Ed25519"},
+		{"EdDSA", nil, "EdDSA Ed25519"},
+		{"Ed25519", nil, "EdDSA Ed25519"},
+		{"Ed25519", []string{"EdDSA"}, "EdDSA"},
+		{"", []string{"Ed25519"}, "Ed25519"},
+	} {
+		got, err := pinKey(pub, c.jwkAlg, mustAlgs(t, c.allowed...))
+		if err != nil || got.String() != c.want {
+			t.Errorf("jwk alg %q, algorithms %v: %v %v, want %s", c.jwkAlg, c.allowed, got, err, c.want)
+		}
+	}
+	rsaPub := privateKey(t, "rsa2048.key").(*rsa.PrivateKey).Public()
+	if _, err := pinKey(rsaPub, "Ed25519", allAlgSet); err == nil {
+		t.Error("an RSA key took alg Ed25519")
+	}
+	if _, err := pinKey(rsaPub, "", mustAlgs(t, "Ed25519")); err == nil {
+		t.Error("an RSA key was left with Ed25519")
+	}
+}
+
+// BenchmarkDecodeHeader is the strict JOSE header decoding of every
+// signature check (a cache miss).
+func BenchmarkDecodeHeader(b *testing.B) {
+	data := []byte(`{"alg":"RS256","typ":"JWT","kid":"2024-key-1"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeHeader(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
