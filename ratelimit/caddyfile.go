@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -85,6 +86,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Key = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+			if !utf8.ValidString(h.Key) {
+				// JSON would carry it changed: adapt and run must agree
+				return d.Errf("key %q is not valid UTF-8", h.Key)
 			}
 
 		case "zone":
