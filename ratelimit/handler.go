@@ -3,6 +3,7 @@
 package ratelimit
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -13,8 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -29,8 +30,8 @@ func init() {
 // Defaults.
 const (
 	// DefaultMaxKeys is the default bound on the keys a zone keeps in
-	// memory. One key with one rate costs about 40 bytes, so a full zone
-	// takes about 4 MB.
+	// memory. One key with one rate costs about 60 bytes, so a full zone
+	// takes about 6 MB.
 	DefaultMaxKeys = 100_000
 
 	defaultIPv4Prefix = 32
@@ -92,12 +93,16 @@ type Handler struct {
 	// `trusted_proxies` are honoured), masked to ipv4_prefix / ipv6_prefix.
 	// A key that is itself an IP address is masked the same way. A key that
 	// resolves to the empty string falls back to the client IP (a warning
-	// is logged once).
+	// is logged once). Configured keys and the client IP never share
+	// state, even when a key's text is an address: no client can spend
+	// another client's bucket by sending its address as a key.
 	Key string `json:"key,omitempty"`
 
 	// The name of the state these rates are counted in. Handlers with the
-	// same zone share their counters, and a zone's counters survive config
-	// reloads. Without a zone, the state is private to this handler (it
+	// same zone share their counters and must declare the same rates (a
+	// config error otherwise). A zone's counters survive config reloads
+	// that keep its rates; a reload that changes them starts the zone
+	// afresh, so state is never read under other rates. Without a zone, the state is private to this handler (it
 	// still survives a reload that leaves this handler unchanged) and is
 	// named `throttle` in headers and metrics. Printable ASCII; not
 	// expanded.
@@ -112,16 +117,20 @@ type Handler struct {
 	IPv6Prefix *int `json:"ipv6_prefix,omitempty"`
 
 	// Client addresses that are never limited: CIDR ranges or single
-	// addresses, or `private_ranges`. Matched against the client IP, and
-	// against the key when the key is an IP address. Resolved at load.
+	// addresses, or `private_ranges` (Caddy's private ranges: loopback and
+	// private networks). Matched against the client IP as Caddy determines
+	// it, never against a configured key's text. Resolved at load.
 	Exempt []string `json:"exempt,omitempty"`
 
 	// The maximum number of keys the zone keeps in memory. Idle keys
-	// (whose buckets are full again) are dropped first and in the
-	// background; when the zone is full of active keys, requests of new
-	// keys are refused with 429 until some key becomes idle, so that no
-	// active client is ever handed a fresh bucket. Handlers sharing a zone
-	// use the value of the most recently loaded one. Default: 100000.
+	// (whose buckets are full again) are dropped first; when there is no
+	// idle key, the key closest to idle is evicted, so its client regains
+	// at most what it still had to wait for. A new key is never refused for
+	// want of room, and a key that spent most of its burst is never evicted
+	// while keys closer to idle exist. The bound is split evenly across up
+	// to 64 shards, and eviction picks within the new key's shard. Handlers
+	// sharing a zone use the value of the most recently loaded one.
+	// Default: 100000.
 	MaxKeys int `json:"max_keys,omitempty"`
 
 	// Count requests and send headers, but never refuse one.
@@ -135,13 +144,16 @@ type Handler struct {
 	exempt   []netip.Prefix
 	v4bits   int
 	v6bits   int
-	keyIsIP  bool // Key is empty or names the client IP
+	keyIsIP  bool   // Key is empty or names the client IP
+	keyVar   string // the placeholder Key is made of alone, if so
 	policy   string
+	bursts   []string // burst of each rate, as text
 	names    []string // quoted item names
 	zoneName string
-	poolKey  string
-	store    store
-	mem      *memStore
+	zoneID   string // identity of the zone's state: name and rates, or an unnamed handler's fingerprint
+	poolKey  string // the zones entry held; empty once released
+	limiter  limiter
+	mem      *memStore // the limiter when it is the in-memory store
 	warned   *atomic.Bool
 	counters counters
 	logger   *zap.Logger
@@ -171,8 +183,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, compiles the rates and exempt ranges, and joins
-// the zone's state.
+// limiter makes the decisions of one zone. take checks one request of key
+// k against every limit, at the limiter's own time, and only when all of
+// them admit it records it in all of them: a refused request consumes
+// nothing. out has one element per limit and receives the verdicts (what
+// the headers and Retry-After are built from). The in-memory store is one
+// limiter; a store shared by a fleet (Redis) is another.
+type limiter interface {
+	take(ctx context.Context, k key, limits []limit, out []verdict) (allowed bool, err error)
+}
+
+// Provision sets defaults, compiles and checks the configuration, and only
+// then joins the zone's state.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.warned = new(atomic.Bool)
@@ -193,38 +215,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	switch h.Key {
 	case "", "{client_ip}", "{http.vars.client_ip}":
 		h.keyIsIP = true
+	default:
+		h.keyVar = singlePlaceholder(h.Key)
 	}
-
-	h.limits = make([]limit, len(h.Rate))
 	for i := range h.Rate {
-		r := &h.Rate[i]
-		if r.Burst == 0 {
-			r.Burst = r.Events
+		if h.Rate[i].Burst == 0 {
+			h.Rate[i].Burst = h.Rate[i].Events
 		}
-		if checkRate(*r) != nil {
-			continue // refused by Validate
-		}
-		h.limits[i] = compile(*r)
 	}
 
-	for _, s := range h.Exempt {
-		if s == "private_ranges" {
-			for _, c := range caddyhttp.PrivateRangesCIDR() {
-				h.exempt = append(h.exempt, netip.MustParsePrefix(c))
-			}
-			continue
-		}
-		p, err := parsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("exempt: %w", err)
-		}
-		h.exempt = append(h.exempt, p)
-	}
-
-	// An unnamed zone is identified by its handler's configuration.
-	fingerprint, err := json.Marshal(h)
-	if err != nil {
+	// Nothing is shared or started before the configuration is known to
+	// be good (Caddy calls Validate only after Provision).
+	if err := h.Validate(); err != nil {
 		return err
+	}
+	var err error
+	h.exempt, err = parseExempt(h.Exempt)
+	if err != nil {
+		return fmt.Errorf("exempt: %w", err)
+	}
+	h.limits = make([]limit, len(h.Rate))
+	for i, r := range h.Rate {
+		h.limits[i] = compile(r)
 	}
 
 	h.zoneName = h.Zone
@@ -243,37 +255,43 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		policy[i] = h.names[i] + ";q=" + strconv.Itoa(r.Burst) + ";w=" + strconv.FormatInt(w, 10)
 	}
 	h.policy = strings.Join(policy, ", ")
+	h.bursts = make([]string, len(h.Rate))
+	for i, r := range h.Rate {
+		h.bursts[i] = strconv.Itoa(r.Burst)
+	}
 
-	h.counters, err = newCounters(ctx.GetMetricsRegistry(), h.zoneName)
+	if h.Zone != "" {
+		if err := declareZone(ctx, h.Zone, h.Rate, h.limits); err != nil {
+			return err
+		}
+		h.zoneID = namedKey(h.Zone, h.limits)
+	} else {
+		// An unnamed zone is identified by its handler's configuration.
+		fingerprint, err := json.Marshal(h)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(fingerprint)
+		h.zoneID = unnamedKey(ctx, hex.EncodeToString(sum[:16]))
+	}
+
+	h.counters, err = newCounters(ctx, h.zoneName)
 	if err != nil {
 		return err
 	}
 
 	// Join the zone's state: the new config is provisioned before the old
 	// one is cleaned up, so the state carries over a reload.
-	if h.Zone != "" {
-		h.poolKey = "zone/" + h.Zone
-	} else {
-		sum := sha256.Sum256(fingerprint)
-		h.poolKey = unnamedKey(ctx, hex.EncodeToString(sum[:16]))
-	}
-	maxKeys, nRates := h.MaxKeys, len(h.Rate)
-	val, _, err := zones.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		s := newMemStore(max(maxKeys, 1), max(nRates, 1), h.now)
-		go s.run(sweepInterval)
-		return s, nil
-	})
+	h.mem, err = joinMemZone(h.zoneID, h.MaxKeys, len(h.Rate), h.now)
 	if err != nil {
-		h.poolKey = ""
 		return err
 	}
-	h.mem = val.(*memStore)
-	h.mem.configure(max(maxKeys, 1), max(nRates, 1))
-	h.store = h.mem
+	h.poolKey = h.zoneID
+	h.limiter = h.mem
 	return nil
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration (after defaults).
 func (h *Handler) Validate() error {
 	if len(h.Rate) == 0 {
 		return errors.New("at least one rate is required")
@@ -314,10 +332,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.isExempt(ip) {
 		return next.ServeHTTP(w, r)
 	}
-	k, ok := h.key(r, ip)
-	if !ok {
-		return next.ServeHTTP(w, r)
-	}
+	k := h.key(r, ip)
 
 	var (
 		buf     [4]verdict
@@ -328,10 +343,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.mem != nil && len(h.limits) <= len(buf) {
 		// A direct call keeps out on the stack.
 		out = buf[:len(h.limits)]
-		allowed, err = h.mem.take(k, h.limits, out)
+		allowed, err = h.mem.take(r.Context(), k, h.limits, out)
 	} else {
 		heap := make([]verdict, len(h.limits))
-		allowed, err = h.store.take(k, h.limits, heap)
+		allowed, err = h.limiter.take(r.Context(), k, h.limits, heap)
 		out = heap
 	}
 	if err != nil {
@@ -366,20 +381,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 var errRateLimited = errors.New("rate limit exceeded")
 
-// clientIP returns the client IP as Caddy determined it (the client_ip
-// var, which honours trusted_proxies), falling back to the peer address.
-func clientIP(r *http.Request) netip.Addr {
-	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-		if a, err := netip.ParseAddr(s); err == nil {
-			return a.Unmap().WithZone("")
-		}
-	}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		return ap.Addr().Unmap().WithZone("")
-	}
-	return netip.Addr{}
-}
-
+// isExempt reports whether the client IP is in an exempt range. Only the
+// client IP is looked at, never a configured key's text.
 func (h *Handler) isExempt(ip netip.Addr) bool {
 	for _, p := range h.exempt {
 		if p.Contains(ip) {
@@ -387,50 +390,6 @@ func (h *Handler) isExempt(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// key returns the key of the request; ok is false when the request is
-// exempt by its key.
-func (h *Handler) key(r *http.Request, ip netip.Addr) (k key, ok bool) {
-	if h.keyIsIP {
-		return h.mask(ip), true
-	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
-		repl = caddy.NewReplacer()
-	}
-	s := repl.ReplaceAll(h.Key, "")
-	if s == "" {
-		if h.warned.CompareAndSwap(false, true) {
-			h.logger.Warn("key resolved to an empty string; counting by client IP instead (logged once)",
-				zap.String("zone", h.zoneName), zap.String("key", h.Key))
-		}
-		return h.mask(ip), true
-	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		a = a.Unmap().WithZone("")
-		if h.isExempt(a) {
-			return key{}, false
-		}
-		return h.mask(a), true
-	}
-	return key{text: s}, true
-}
-
-// mask groups an address by the configured prefix length.
-func (h *Handler) mask(a netip.Addr) key {
-	if !a.IsValid() {
-		return key{text: ""}
-	}
-	bits := h.v6bits
-	if a.Is4() {
-		bits = h.v4bits
-	}
-	p, err := a.Prefix(bits)
-	if err != nil {
-		return key{addr: a, bits: a.BitLen()}
-	}
-	return key{addr: p.Addr(), bits: bits}
 }
 
 // Header names in canonical form, so setting them costs no canonicalization
@@ -443,13 +402,15 @@ var (
 	hdrReset     = http.CanonicalHeaderKey("X-RateLimit-Reset")
 )
 
-// setHeaders sets the rate-limit headers of the configured mode.
+// setHeaders sets the rate-limit headers of the configured mode. The values
+// of one response, and the bytes of the ones formatted per request, share
+// one allocation; each header gets a slice of its own, so a later handler
+// editing one in place touches nothing else.
 func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 	switch h.Headers {
 	case HeadersIETF:
-		hdr[hdrPolicy] = []string{h.policy}
-		var arr [96]byte
-		b := arr[:0]
+		hv := new(ietfValues)
+		b := hv.buf[:0]
 		for i, v := range out {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -460,7 +421,10 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 			b = append(b, ";t="...)
 			b = strconv.AppendInt(b, ceilSeconds(v.reset), 10)
 		}
-		hdr[hdrRateLimit] = []string{string(b)}
+		hv.v[0] = h.policy
+		hv.v[1] = bytesString(b, hv.buf[:])
+		hdr[hdrPolicy] = hv.v[0:1:1]
+		hdr[hdrRateLimit] = hv.v[1:2:2]
 	case HeadersLegacy:
 		j := 0
 		for i, v := range out {
@@ -468,10 +432,43 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 				j = i
 			}
 		}
-		hdr[hdrLimit] = []string{strconv.Itoa(h.Rate[j].Burst)}
-		hdr[hdrRemaining] = []string{strconv.FormatInt(out[j].remaining, 10)}
-		hdr[hdrReset] = []string{strconv.FormatInt(ceilSeconds(out[j].reset), 10)}
+		lv := new(legacyValues)
+		b := strconv.AppendInt(lv.buf[:0], out[j].remaining, 10)
+		n := len(b)
+		b = strconv.AppendInt(b, ceilSeconds(out[j].reset), 10)
+		lv.v[0] = h.bursts[j]
+		lv.v[1] = unsafe.String(&lv.buf[0], n)
+		lv.v[2] = unsafe.String(&lv.buf[n], len(b)-n)
+		hdr[hdrLimit] = lv.v[0:1:1]
+		hdr[hdrRemaining] = lv.v[1:2:2]
+		hdr[hdrReset] = lv.v[2:3:3]
 	}
+}
+
+// ietfValues are the IETF header values of one response, with room for the
+// bytes of the RateLimit value.
+type ietfValues struct {
+	v   [2]string
+	buf [64]byte
+}
+
+// legacyValues are the legacy header values of one response, with room for
+// two formatted int64s.
+type legacyValues struct {
+	v   [3]string
+	buf [40]byte
+}
+
+// bytesString returns b as a string without copying when b lies in buf,
+// which is never written again; else (b outgrew buf) as a copy.
+func bytesString(b, buf []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if unsafe.SliceData(b) == unsafe.SliceData(buf) {
+		return unsafe.String(&b[0], len(b))
+	}
+	return string(b)
 }
 
 // ceilSeconds rounds nanoseconds up to whole seconds.
@@ -485,11 +482,6 @@ func ceilSeconds(ns int64) int64 {
 // quote returns s as a structured-field string (RFC 8941).
 func quote(s string) string {
 	return strconv.Quote(s) // zone names are printable ASCII: same escaping
-}
-
-// counters are the handler's metrics, curried with its zone.
-type counters struct {
-	allowed, refused, dryRun prometheus.Counter
 }
 
 // Interface guards
