@@ -131,6 +131,10 @@ type Handler struct {
 	// `off`.
 	Headers string `json:"headers,omitempty"`
 
+	// Keep the zone's state in Redis, shared by every Caddy instance using
+	// the same Redis and zone. Default: in memory.
+	Redis *Redis `json:"redis,omitempty"`
+
 	limits   []limit
 	exempt   []netip.Prefix
 	v4bits   int
@@ -145,6 +149,8 @@ type Handler struct {
 	warned   *atomic.Bool
 	counters counters
 	logger   *zap.Logger
+	redis    *redisLimiter
+	redisKey string
 	now      func() int64 // clock of a new zone; nil for the monotonic clock (tests inject one)
 }
 
@@ -270,6 +276,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.mem = val.(*memStore)
 	h.mem.configure(max(maxKeys, 1), max(nRates, 1))
 	h.store = h.mem
+	if h.Redis != nil {
+		id := h.Zone
+		if id == "" {
+			id = h.poolKey
+		}
+		if err := h.provisionRedis(ctx, id, h.mem); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -300,6 +315,7 @@ func (h *Handler) Validate() error {
 
 // Cleanup releases the handler's use of its zone.
 func (h *Handler) Cleanup() error {
+	_ = h.cleanupRedis()
 	if h.poolKey == "" {
 		return nil
 	}
@@ -325,7 +341,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		allowed bool
 		err     error
 	)
-	if h.mem != nil && len(h.limits) <= len(buf) {
+	if h.redis != nil && len(h.limits) <= len(buf) {
+		out = buf[:len(h.limits)]
+		allowed, err = h.redis.take(r.Context(), k, h.limits, out)
+	} else if h.mem != nil && len(h.limits) <= len(buf) {
 		// A direct call keeps out on the stack.
 		out = buf[:len(h.limits)]
 		allowed, err = h.mem.take(k, h.limits, out)
@@ -335,6 +354,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		out = heap
 	}
 	if err != nil {
+		if handled, herr := h.redisFallback(w, r, next, err); handled {
+			return herr
+		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	h.setHeaders(w.Header(), out)

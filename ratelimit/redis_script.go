@@ -25,7 +25,6 @@ import (
 // write; a key of another type fails GET with WRONGTYPE, also before any
 // write. No redis.replicate_commands(): scripts replicate their effects
 // since Redis 5 (Valkey too), and TIME before a write is allowed.
-//nolint:dupword // Lua closes blocks with end
 const gcraScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -40,10 +39,10 @@ for i = 1, n do
     if not x or not (x > -1e16 and x < 1e16) then
       return redis.error_reply('ERR throttle: ' .. KEYS[i] .. ' does not hold a timestamp')
     end
-    if x > now then tat = x end
+    tat = math.max(x, now)
   end
-  tats[i] = tat
   if tat + tonumber(ARGV[2*i-1]) - now > tonumber(ARGV[2*i]) then ok = false end
+  tats[i] = tat
 end
 local out = {ok and '1' or '0'}
 for i = 1, n do
