@@ -1,10 +1,15 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,9 +36,7 @@ func TestThrottleConcurrentBurst(t *testing.T) {
 	codes := map[int]int{}
 	var wg sync.WaitGroup
 	for range 100 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			resp, err := tc.Client.Do(get(t, "/"))
 			if err != nil {
 				t.Error(err)
@@ -44,7 +47,7 @@ func TestThrottleConcurrentBurst(t *testing.T) {
 			mu.Lock()
 			codes[resp.StatusCode]++
 			mu.Unlock()
-		}()
+		})
 	}
 	wg.Wait()
 	if codes[200] != 10 || codes[429] != 90 {
@@ -299,7 +302,11 @@ func TestThrottleMetrics(t *testing.T) {
 	respond "ok"`)
 	do(t, tc, get(t, "/"))
 	do(t, tc, get(t, "/"))
-	resp, err := tc.Client.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tc.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,8 +412,12 @@ func TestThrottleZoneSharing(t *testing.T) {
 		path string
 		want int
 	}{
-		{"/shared-a", 200}, {"/shared-b", 429},
-		{"/private-a", 200}, {"/private-b", 200}, {"/private-a", 429}, {"/private-b", 429},
+		{"/shared-a", 200},
+		{"/shared-b", 429},
+		{"/private-a", 200},
+		{"/private-b", 200},
+		{"/private-a", 429},
+		{"/private-b", 429},
 	} {
 		resp, _ := do(t, tc, get(t, step.path))
 		if resp.StatusCode != step.want {
@@ -415,5 +426,292 @@ func TestThrottleZoneSharing(t *testing.T) {
 		if strings.HasPrefix(step.path, "/private") && !strings.HasPrefix(resp.Header.Get("RateLimit"), `"throttle";`) {
 			t.Errorf("unnamed zone named %q in RateLimit", resp.Header.Get("RateLimit"))
 		}
+	}
+}
+
+// loadCaddyfile posts a Caddyfile to the admin endpoint and returns the
+// status and body of the answer (the harness's InitServer fails the test
+// on a refused config; these tests want the refusal).
+func loadCaddyfile(t *testing.T, extraGlobal, siteBody string) (int, string) {
+	t.Helper()
+	return postLoad(t, "text/caddyfile", caddyfile(extraGlobal, siteBody))
+}
+
+func postLoad(t *testing.T, contentType, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, fmt.Sprintf("http://localhost:%d/load", adminPort), strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// sweepers counts the goroutines of live in-memory zones (one sweeper
+// each); with want >= 0 it waits a little for stopped ones to exit.
+func sweepers(t *testing.T, want int) int {
+	t.Helper()
+	var n int
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		buf := make([]byte, 4<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		n = strings.Count(string(buf), "ratelimit.(*memStore).run(")
+		if want < 0 || n == want || time.Now().After(deadline) {
+			return n
+		}
+	}
+}
+
+// `exempt private_ranges` (Caddy's list holds "::1" without a prefix
+// length) loads through the admin API and exempts loopback and private
+// clients; public ones are limited.
+func TestThrottleExemptPrivateRanges(t *testing.T) {
+	tc := gateway(t, `servers {
+		trusted_proxies static 127.0.0.1/32
+	}`, `
+	throttle {
+		zone private
+		rate 1/1h burst 1
+		exempt private_ranges
+	}
+	respond "ok"`)
+	for _, client := range []string{"", "10.1.2.3", "192.168.7.7", "::1", "fd00::1"} {
+		for i := range 3 {
+			var h []string
+			if client != "" {
+				h = []string{"X-Forwarded-For", client}
+			}
+			resp, _ := do(t, tc, get(t, "/", h...))
+			if resp.StatusCode != 200 || resp.Header.Get("RateLimit") != "" {
+				t.Fatalf("private client %q request %d: %d, RateLimit %q; want exempt", client, i+1, resp.StatusCode, resp.Header.Get("RateLimit"))
+			}
+		}
+	}
+	do(t, tc, get(t, "/", "X-Forwarded-For", "192.0.2.1"))
+	if resp, _ := do(t, tc, get(t, "/", "X-Forwarded-For", "192.0.2.1")); resp.StatusCode != 429 {
+		t.Fatalf("public client: %d, want 429", resp.StatusCode)
+	}
+}
+
+// The same config through the real binary: `caddy validate` and `caddy run`.
+func TestThrottleExemptPrivateRangesBinary(t *testing.T) {
+	bin := caddyBinary(t)
+	dir := t.TempDir()
+	port := freePort()
+	cfg := filepath.Join(dir, "Caddyfile")
+	err := os.WriteFile(cfg, fmt.Appendf(nil, `{
+	admin off
+	persist_config off
+}
+http://localhost:%d {
+	throttle {
+		rate 1/1h burst 1
+		exempt private_ranges
+	}
+	respond "ok"
+}
+`, port), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	validate := exec.CommandContext(ctx, bin, "validate", "--config", cfg, "--adapter", "caddyfile")
+	validate.Env = env
+	if out, err := validate.CombinedOutput(); err != nil || !strings.Contains(string(out), "Valid configuration") {
+		t.Fatalf("caddy validate: %v\n%s", err, out)
+	}
+
+	run := exec.CommandContext(ctx, bin, "run", "--config", cfg, "--adapter", "caddyfile")
+	run.Env = env
+	var logs strings.Builder
+	var mu sync.Mutex
+	run.Stdout = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logs.Write(b) })
+	run.Stderr = run.Stdout
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- run.Wait() }()
+	defer func() {
+		_ = run.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = run.Process.Kill()
+			<-exited
+		}
+	}()
+	client := &http.Client{Timeout: 5 * time.Second}
+	url := fmt.Sprintf("http://localhost:%d/", port)
+	var resp *http.Response
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		select {
+		case err := <-exited:
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("caddy run exited: %v\n%s", err, logs.String())
+		default:
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err = client.Do(req)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("caddy run never answered: %v", err)
+	}
+	for i := range 3 {
+		if i > 0 {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if resp, err = client.Do(req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("RateLimit") != "" {
+			t.Fatalf("loopback request %d: %d, RateLimit %q; want exempt", i+1, resp.StatusCode, resp.Header.Get("RateLimit"))
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// A configured key whose text is the client's address shares nothing with
+// the client-IP fallback: one request from anyone sending X-Api-Key:
+// 127.0.0.1 does not lock out 127.0.0.1 (nor, with ipv4_prefix 24, its /24).
+func TestThrottleKeySpellingAnAddressLocksNoOneOut(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone keyspell
+		key {http.request.header.X-Api-Key}
+		rate 1/1h burst 1
+		ipv4_prefix 24
+	}
+	respond "ok"`)
+	for _, k := range []string{"127.0.0.1", "127.0.0.9", "::ffff:127.0.0.1"} {
+		do(t, tc, get(t, "/", "X-Api-Key", k))
+	}
+	if resp, _ := do(t, tc, get(t, "/")); resp.StatusCode != 200 {
+		t.Fatalf("client 127.0.0.1 without a key: %d, want 200 (locked out by a key spelling its address)", resp.StatusCode)
+	}
+	if resp, _ := do(t, tc, get(t, "/", "X-Api-Key", "127.0.0.1")); resp.StatusCode != 429 {
+		t.Fatalf("the key itself: %d, want 429", resp.StatusCode)
+	}
+}
+
+// exempt looks at the client IP only: a key spelling an exempt address is
+// limited like any other.
+func TestThrottleExemptIgnoresKeyText(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone exemptkey
+		key {http.request.header.X-Api-Key}
+		rate 1/1h burst 1
+		exempt 10.0.0.0/8
+	}
+	respond "ok"`)
+	do(t, tc, get(t, "/", "X-Api-Key", "10.0.0.1"))
+	if resp, _ := do(t, tc, get(t, "/", "X-Api-Key", "10.0.0.1")); resp.StatusCode != 429 {
+		t.Fatalf("key 10.0.0.1 from a non-exempt client: %d, want 429", resp.StatusCode)
+	}
+}
+
+// One zone with different rates on two routes is a config error naming
+// the zone; the running config stays.
+func TestThrottleZoneWithTwoRatesRefused(t *testing.T) {
+	tc := gateway(t, "", `
+	header X-Config 1
+	respond "ok"`)
+	code, body := loadCaddyfile(t, "", `
+	route /fast {
+		throttle {
+			zone tworated
+			rate 100/1s
+		}
+	}
+	route /slow {
+		throttle {
+			zone tworated
+			rate 1/1h
+		}
+	}
+	respond "ok"`)
+	if code == 200 || !strings.Contains(body, `zone \"tworated\"`) || !strings.Contains(body, "different rates") {
+		t.Fatalf("load: %d %s; want an error naming the zone", code, body)
+	}
+	if resp, _ := do(t, tc, get(t, "/")); resp.Header.Get("X-Config") != "1" {
+		t.Fatal("running config replaced")
+	}
+}
+
+// A reload that changes a zone's rates starts the zone afresh: the new
+// rate never reads state the old one wrote.
+func TestThrottleReloadWithNewRatesStartsAfresh(t *testing.T) {
+	site := func(rate string) string {
+		return `
+	throttle {
+		zone rerated
+		rate ` + rate + `
+	}
+	respond "ok"`
+	}
+	tc := gateway(t, "", site("1/1h burst 1"))
+	do(t, tc, get(t, "/"))
+	if resp, _ := do(t, tc, get(t, "/")); resp.StatusCode != 429 {
+		t.Fatalf("slow rate: %d, want 429", resp.StatusCode)
+	}
+	tc.InitServer(caddyfile("", site("100/1s")), "caddyfile")
+	resp, _ := do(t, tc, get(t, "/"))
+	if resp.StatusCode != 200 || resp.Header.Get("RateLimit") != `"rerated";r=99;t=1` {
+		t.Fatalf("after the reload: %d, RateLimit %q; want 200 and a fresh bucket", resp.StatusCode, resp.Header.Get("RateLimit"))
+	}
+}
+
+// A reload that fails at a later handler releases the zones its throttles
+// joined: no pool entry nor sweeper outlives the refused config.
+func TestThrottleFailedReloadLeaksNoZone(t *testing.T) {
+	tc := gateway(t, "", `
+	throttle {
+		zone failed-reload-kept
+		rate 1/1h burst 1
+	}
+	respond "ok"`)
+	do(t, tc, get(t, "/"))
+	base := sweepers(t, -1)
+	for i := range 5 {
+		// A throttle with a new zone, then one that fails its checks.
+		cfg := fmt.Sprintf(`{
+	"admin": {"listen": "localhost:%d"},
+	"apps": {"http": {"servers": {"srv0": {"listen": [":%d"], "routes": [{"handle": [
+		{"handler": "throttle", "zone": "failed-reload-%d", "rate": [{"events": 1, "period": "1h"}]},
+		{"handler": "throttle", "zone": "failed-reload-bad", "rate": []}
+	]}]}}}}
+}`, adminPort, httpPort, i)
+		code, body := postLoad(t, "application/json", cfg)
+		if code == 200 {
+			t.Fatal("a config with a throttle without rates loaded")
+		}
+		if !strings.Contains(body, "at least one rate") {
+			t.Fatalf("load error %q does not say why", body)
+		}
+	}
+	if n := sweepers(t, base); n != base {
+		t.Fatalf("%d zone sweepers after 5 failed reloads, %d before: zones leaked", n, base)
+	}
+	// The running config and its state are untouched.
+	if resp, _ := do(t, tc, get(t, "/")); resp.StatusCode != 429 {
+		t.Fatalf("running zone: %d, want 429 (state kept)", resp.StatusCode)
 	}
 }

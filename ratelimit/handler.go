@@ -3,6 +3,7 @@
 package ratelimit
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -14,7 +15,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -92,12 +92,16 @@ type Handler struct {
 	// `trusted_proxies` are honoured), masked to ipv4_prefix / ipv6_prefix.
 	// A key that is itself an IP address is masked the same way. A key that
 	// resolves to the empty string falls back to the client IP (a warning
-	// is logged once).
+	// is logged once). Configured keys and the client IP never share
+	// state, even when a key's text is an address: no client can spend
+	// another client's bucket by sending its address as a key.
 	Key string `json:"key,omitempty"`
 
 	// The name of the state these rates are counted in. Handlers with the
-	// same zone share their counters, and a zone's counters survive config
-	// reloads. Without a zone, the state is private to this handler (it
+	// same zone share their counters and must declare the same rates (a
+	// config error otherwise). A zone's counters survive config reloads
+	// that keep its rates; a reload that changes them starts the zone
+	// afresh, so state is never read under other rates. Without a zone, the state is private to this handler (it
 	// still survives a reload that leaves this handler unchanged) and is
 	// named `throttle` in headers and metrics. Printable ASCII; not
 	// expanded.
@@ -112,8 +116,9 @@ type Handler struct {
 	IPv6Prefix *int `json:"ipv6_prefix,omitempty"`
 
 	// Client addresses that are never limited: CIDR ranges or single
-	// addresses, or `private_ranges`. Matched against the client IP, and
-	// against the key when the key is an IP address. Resolved at load.
+	// addresses, or `private_ranges` (Caddy's private ranges: loopback and
+	// private networks). Matched against the client IP as Caddy determines
+	// it, never against a configured key's text. Resolved at load.
 	Exempt []string `json:"exempt,omitempty"`
 
 	// The maximum number of keys the zone keeps in memory. Idle keys
@@ -143,9 +148,10 @@ type Handler struct {
 	policy   string
 	names    []string // quoted item names
 	zoneName string
-	poolKey  string
-	store    store
-	mem      *memStore
+	zoneID   string // identity of the zone's state: name and rates, or an unnamed handler's fingerprint
+	poolKey  string // the zones entry held; empty once released
+	limiter  limiter
+	mem      *memStore // the limiter when it is the in-memory store
 	warned   *atomic.Bool
 	counters counters
 	logger   *zap.Logger
@@ -177,8 +183,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, compiles the rates and exempt ranges, and joins
-// the zone's state.
+// limiter makes the decisions of one zone. take checks one request of key
+// k against every limit, at the limiter's own time, and only when all of
+// them admit it records it in all of them: a refused request consumes
+// nothing. out has one element per limit and receives the verdicts (what
+// the headers and Retry-After are built from). The in-memory store is one
+// limiter; a store shared by a fleet (Redis) is another.
+type limiter interface {
+	take(ctx context.Context, k key, limits []limit, out []verdict) (allowed bool, err error)
+}
+
+// Provision sets defaults, compiles and checks the configuration, and only
+// then joins the zone's state.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.warned = new(atomic.Bool)
@@ -200,37 +216,31 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	case "", "{client_ip}", "{http.vars.client_ip}":
 		h.keyIsIP = true
 	}
-
-	h.limits = make([]limit, len(h.Rate))
 	for i := range h.Rate {
-		r := &h.Rate[i]
-		if r.Burst == 0 {
-			r.Burst = r.Events
+		if h.Rate[i].Burst == 0 {
+			h.Rate[i].Burst = h.Rate[i].Events
 		}
-		if checkRate(*r) != nil {
-			continue // refused by Validate
-		}
-		h.limits[i] = compile(*r)
+	}
+	if h.Redis != nil {
+		h.Redis.provision()
 	}
 
-	for _, s := range h.Exempt {
-		if s == "private_ranges" {
-			for _, c := range caddyhttp.PrivateRangesCIDR() {
-				h.exempt = append(h.exempt, netip.MustParsePrefix(c))
-			}
-			continue
-		}
-		p, err := parsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("exempt: %w", err)
-		}
-		h.exempt = append(h.exempt, p)
-	}
-
-	// An unnamed zone is identified by its handler's configuration.
-	fingerprint, err := json.Marshal(h)
-	if err != nil {
+	// Nothing is shared or started before the configuration is known to
+	// be good (Caddy calls Validate only after Provision).
+	if err := h.Validate(); err != nil {
 		return err
+	}
+	if err := h.resolveRedis(); err != nil {
+		return err
+	}
+	var err error
+	h.exempt, err = parseExempt(h.Exempt)
+	if err != nil {
+		return fmt.Errorf("exempt: %w", err)
+	}
+	h.limits = make([]limit, len(h.Rate))
+	for i, r := range h.Rate {
+		h.limits[i] = compile(r)
 	}
 
 	h.zoneName = h.Zone
@@ -250,45 +260,44 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.policy = strings.Join(policy, ", ")
 
-	h.counters, err = newCounters(ctx.GetMetricsRegistry(), h.zoneName)
+	if h.Zone != "" {
+		if err := declareZone(ctx, h.Zone, h.Rate, h.limits); err != nil {
+			return err
+		}
+		h.zoneID = namedKey(h.Zone, h.limits)
+	} else {
+		// An unnamed zone is identified by its handler's configuration.
+		fingerprint, err := json.Marshal(h)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(fingerprint)
+		h.zoneID = unnamedKey(ctx, hex.EncodeToString(sum[:16]))
+	}
+
+	h.counters, err = newCounters(ctx, h.zoneName)
 	if err != nil {
 		return err
 	}
 
 	// Join the zone's state: the new config is provisioned before the old
 	// one is cleaned up, so the state carries over a reload.
-	if h.Zone != "" {
-		h.poolKey = "zone/" + h.Zone
-	} else {
-		sum := sha256.Sum256(fingerprint)
-		h.poolKey = unnamedKey(ctx, hex.EncodeToString(sum[:16]))
-	}
-	maxKeys, nRates := h.MaxKeys, len(h.Rate)
-	val, _, err := zones.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		s := newMemStore(max(maxKeys, 1), max(nRates, 1), h.now)
-		go s.run(sweepInterval)
-		return s, nil
-	})
+	h.mem, err = joinMemZone(h.zoneID, h.MaxKeys, len(h.Rate), h.now)
 	if err != nil {
-		h.poolKey = ""
 		return err
 	}
-	h.mem = val.(*memStore)
-	h.mem.configure(max(maxKeys, 1), max(nRates, 1))
-	h.store = h.mem
+	h.poolKey = h.zoneID
+	h.limiter = h.mem
 	if h.Redis != nil {
-		id := h.Zone
-		if id == "" {
-			id = h.poolKey
-		}
-		if err := h.provisionRedis(ctx, id, h.mem); err != nil {
+		if err := h.joinRedis(ctx, h.mem); err != nil {
 			return err
 		}
+		h.limiter = h.redis
 	}
 	return nil
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration (after defaults).
 func (h *Handler) Validate() error {
 	if len(h.Rate) == 0 {
 		return errors.New("at least one rate is required")
@@ -310,6 +319,11 @@ func (h *Handler) Validate() error {
 	if h.MaxKeys < 1 {
 		return fmt.Errorf("max_keys must be at least 1, got %d", h.MaxKeys)
 	}
+	if h.Redis != nil {
+		if err := h.Redis.check(h.Zone); err != nil {
+			return err
+		}
+	}
 	return checkHeaders(h.Headers)
 }
 
@@ -330,10 +344,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.isExempt(ip) {
 		return next.ServeHTTP(w, r)
 	}
-	k, ok := h.key(r, ip)
-	if !ok {
-		return next.ServeHTTP(w, r)
-	}
+	k := h.key(r, ip)
 
 	var (
 		buf     [4]verdict
@@ -347,10 +358,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else if h.mem != nil && len(h.limits) <= len(buf) {
 		// A direct call keeps out on the stack.
 		out = buf[:len(h.limits)]
-		allowed, err = h.mem.take(k, h.limits, out)
+		allowed, err = h.mem.take(r.Context(), k, h.limits, out)
 	} else {
 		heap := make([]verdict, len(h.limits))
-		allowed, err = h.store.take(k, h.limits, heap)
+		allowed, err = h.limiter.take(r.Context(), k, h.limits, heap)
 		out = heap
 	}
 	if err != nil {
@@ -388,20 +399,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 var errRateLimited = errors.New("rate limit exceeded")
 
-// clientIP returns the client IP as Caddy determined it (the client_ip
-// var, which honours trusted_proxies), falling back to the peer address.
-func clientIP(r *http.Request) netip.Addr {
-	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-		if a, err := netip.ParseAddr(s); err == nil {
-			return a.Unmap().WithZone("")
-		}
-	}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		return ap.Addr().Unmap().WithZone("")
-	}
-	return netip.Addr{}
-}
-
+// isExempt reports whether the client IP is in an exempt range. Only the
+// client IP is looked at, never a configured key's text.
 func (h *Handler) isExempt(ip netip.Addr) bool {
 	for _, p := range h.exempt {
 		if p.Contains(ip) {
@@ -409,50 +408,6 @@ func (h *Handler) isExempt(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// key returns the key of the request; ok is false when the request is
-// exempt by its key.
-func (h *Handler) key(r *http.Request, ip netip.Addr) (k key, ok bool) {
-	if h.keyIsIP {
-		return h.mask(ip), true
-	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
-		repl = caddy.NewReplacer()
-	}
-	s := repl.ReplaceAll(h.Key, "")
-	if s == "" {
-		if h.warned.CompareAndSwap(false, true) {
-			h.logger.Warn("key resolved to an empty string; counting by client IP instead (logged once)",
-				zap.String("zone", h.zoneName), zap.String("key", h.Key))
-		}
-		return h.mask(ip), true
-	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		a = a.Unmap().WithZone("")
-		if h.isExempt(a) {
-			return key{}, false
-		}
-		return h.mask(a), true
-	}
-	return key{text: s}, true
-}
-
-// mask groups an address by the configured prefix length.
-func (h *Handler) mask(a netip.Addr) key {
-	if !a.IsValid() {
-		return key{text: ""}
-	}
-	bits := h.v6bits
-	if a.Is4() {
-		bits = h.v4bits
-	}
-	p, err := a.Prefix(bits)
-	if err != nil {
-		return key{addr: a, bits: a.BitLen()}
-	}
-	return key{addr: p.Addr(), bits: bits}
 }
 
 // Header names in canonical form, so setting them costs no canonicalization
@@ -507,11 +462,6 @@ func ceilSeconds(ns int64) int64 {
 // quote returns s as a structured-field string (RFC 8941).
 func quote(s string) string {
 	return strconv.Quote(s) // zone names are printable ASCII: same escaping
-}
-
-// counters are the handler's metrics, curried with its zone.
-type counters struct {
-	allowed, refused, dryRun prometheus.Counter
 }
 
 // Interface guards

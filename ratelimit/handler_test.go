@@ -3,8 +3,10 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -45,7 +47,7 @@ var okHandler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Reques
 // serve runs one request from clientIP through h and returns the recorder
 // and the handler's error.
 func serve(h *Handler, clientIP string, headers ...string) (*httptest.ResponseRecorder, error) {
-	r := httptest.NewRequest(http.MethodGet, "http://example.com/api", nil)
+	r := httptest.NewRequestWithContext(context.Background(), http.MethodGet, "http://example.com/api", nil)
 	for i := 0; i+1 < len(headers); i += 2 {
 		r.Header.Set(headers[i], headers[i+1])
 	}
@@ -183,15 +185,14 @@ func TestHandlerPrefixes(t *testing.T) {
 }
 
 func TestHandlerExempt(t *testing.T) {
-	h := &Handler{Exempt: []string{"10.0.0.0/8", "2001:db8::1"}, Key: "{http.request.header.X-Client}",
-		Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Minute)}}}
+	h := &Handler{
+		Exempt: []string{"10.0.0.0/8", "2001:db8::1"}, Key: "{http.request.header.X-Client}",
+		Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Minute)}},
+	}
 	provision(t, h)
 	for range 5 {
 		if w, err := serve(h, "10.1.2.3", "X-Client", "k"); err != nil || w.Header().Get("RateLimit") != "" {
 			t.Fatalf("exempt client limited or counted: %v %v", err, w.Header())
-		}
-		if _, err := serve(h, "192.0.2.9", "X-Client", "10.9.9.9"); err != nil {
-			t.Fatalf("exempt key limited: %v", err)
 		}
 		if _, err := serve(h, "2001:db8::1"); err != nil {
 			t.Fatalf("exempt single address limited: %v", err)
@@ -200,6 +201,68 @@ func TestHandlerExempt(t *testing.T) {
 	serve(h, "192.0.2.1", "X-Client", "k")
 	if _, err := serve(h, "192.0.2.2", "X-Client", "k"); status(t, err) != 429 {
 		t.Fatal("non-exempt key not limited")
+	}
+	// A key whose text is an exempt address exempts nothing: only the
+	// client IP is matched.
+	if _, err := serve(h, "192.0.2.9", "X-Client", "10.9.9.9"); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := serve(h, "192.0.2.9", "X-Client", "10.9.9.9"); status(t, err) != 429 {
+		t.Fatalf("a key spelling an exempt address is exempt: %v %v", err, w.Header())
+	}
+}
+
+// Caddy's private ranges hold "::1" without a prefix length: provisioning
+// parses it and exempts loopback and private clients.
+func TestHandlerExemptPrivateRanges(t *testing.T) {
+	h := &Handler{Exempt: []string{"private_ranges"}, Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Minute)}}}
+	provision(t, h)
+	for _, ip := range []string{"127.0.0.1", "::1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "fd00::5"} {
+		for range 3 {
+			if w, err := serve(h, ip); err != nil || w.Header().Get("RateLimit") != "" {
+				t.Fatalf("private client %s limited or counted: %v %v", ip, err, w.Header())
+			}
+		}
+	}
+	serve(h, "192.0.2.1")
+	if _, err := serve(h, "192.0.2.1"); status(t, err) != 429 {
+		t.Fatal("public client not limited")
+	}
+}
+
+// A configured key spelling an address never shares state with the
+// client-IP fallback for that address, nor with the default key of
+// another handler of the zone, whatever the prefix grouping.
+func TestHandlerKeysNeverShareWithClientIP(t *testing.T) {
+	rate := []Rate{{Events: 1, Period: caddy.Duration(time.Hour)}}
+	for _, v4 := range []int{32, 24} {
+		zone := fmt.Sprint("keyns-", v4)
+		byKey := &Handler{Zone: zone, Key: "{http.request.header.X-Api-Key}", IPv4Prefix: &v4, Rate: rate}
+		byIP := &Handler{Zone: zone, IPv4Prefix: &v4, Rate: rate}
+		provision(t, byKey)
+		provision(t, byIP)
+		// Anyone sends the victims' addresses as keys...
+		for _, addr := range []string{"192.0.2.50", "203.0.113.60"} {
+			if _, err := serve(byKey, "198.51.100.7", "X-Api-Key", addr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// ...and the victims are still served: by the empty key's
+		// fallback and by the default key of the zone's other handler.
+		if _, err := serve(byKey, "192.0.2.50"); err != nil {
+			t.Fatalf("/%d: victim locked out of the key fallback by a key spelling its address", v4)
+		}
+		if _, err := serve(byIP, "203.0.113.60"); err != nil {
+			t.Fatalf("/%d: victim locked out of the default key by a key spelling its address", v4)
+		}
+		// The key itself is limited, grouped by prefix like an address.
+		other := "192.0.2.50"
+		if v4 == 24 {
+			other = "192.0.2.99"
+		}
+		if _, err := serve(byKey, "203.0.113.1", "X-Api-Key", other); status(t, err) != 429 {
+			t.Fatalf("/%d: key spelling an address not limited", v4)
+		}
 	}
 }
 
@@ -303,48 +366,160 @@ func TestZoneSurvivesReload(t *testing.T) {
 		if _, err := serve(cur, "192.0.2.1"); status(t, err) != 429 {
 			t.Errorf("zone %q: state lost over a reload", zone)
 		}
+		poolKey := cur.poolKey
 		cur.Cleanup()
 		cancel2()
-		if _, ok := zones.References(cur.poolKey); ok {
+		if _, ok := zones.References(poolKey); ok {
 			t.Errorf("zone %q still pooled after the last cleanup", zone)
 		}
 	}
 }
 
+// Handlers of one config register the collectors again (fine) and count
+// under their zone label only.
 func TestMetricsRegisterTwice(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	if _, err := newCounters(reg, "a"); err != nil {
-		t.Fatal(err)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	rate := []Rate{{Events: 1, Period: caddy.Duration(time.Hour)}}
+	a := &Handler{Zone: "metrics-a", Rate: rate}
+	b := &Handler{Zone: "metrics-b", Rate: rate}
+	for _, h := range []*Handler{a, b} {
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer h.Cleanup()
 	}
-	if _, err := newCounters(reg, "b"); err != nil {
-		t.Fatalf("second registration: %v", err)
-	}
-	// An equal collector registered by someone else is reused.
-	reg2 := prometheus.NewPedanticRegistry()
-	foreign := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "caddy_throttle_allowed_total",
-		Help: "Requests admitted by the throttle handler.",
-	}, []string{"zone"})
-	reg2.MustRegister(foreign)
-	c, err := newCounters(reg2, "z")
+	serve(a, "192.0.2.1")
+	serve(a, "192.0.2.1")
+	serve(b, "192.0.2.1")
+	mfs, err := ctx.GetMetricsRegistry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.allowed.Inc()
-	if value(foreign.WithLabelValues("z")) != 1 {
-		t.Error("existing collector not reused")
-	}
-	mfs, _ := reg.Gather()
+	got := map[string]float64{}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "caddy_throttle_") {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			if len(m.GetLabel()) != 1 || m.GetLabel()[0].GetName() != "zone" {
-				t.Errorf("%s has labels %v, want zone only", mf.GetName(), m.GetLabel())
+				t.Fatalf("%s has labels %v, want zone only", mf.GetName(), m.GetLabel())
 			}
+			got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
 		}
 	}
+	for name, want := range map[string]float64{
+		"caddy_throttle_allowed_total/metrics-a": 1,
+		"caddy_throttle_refused_total/metrics-a": 1,
+		"caddy_throttle_allowed_total/metrics-b": 1,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+}
+
+// One zone named with different rates by two handlers of one config is a
+// config error naming the zone; equal rates (however spelled) are fine.
+func TestZoneRatesMustAgree(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	fast := &Handler{Zone: "agree", Rate: []Rate{{Events: 100, Period: caddy.Duration(time.Second)}}}
+	same := &Handler{Zone: "agree", Rate: []Rate{{Events: 200, Period: caddy.Duration(2 * time.Second), Burst: 100}}}
+	slow := &Handler{Zone: "agree", Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Hour)}}}
+	for _, h := range []*Handler{fast, same} {
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer h.Cleanup()
+	}
+	err := slow.Provision(ctx)
+	if err == nil {
+		slow.Cleanup()
+		t.Fatal("one zone with two different rates accepted")
+	}
+	if !strings.Contains(err.Error(), `zone "agree"`) || !strings.Contains(err.Error(), "1/1h0m0s burst 1") {
+		t.Errorf("error %q does not name the zone and its rates", err)
+	}
+	if slow.poolKey != "" {
+		t.Error("refused handler holds a zone")
+	}
+	// Another config may declare other rates: a reload.
+	ctx2, cancel2 := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel2()
+	if err := slow.Provision(ctx2); err != nil {
+		t.Fatalf("other config: %v", err)
+	}
+	slow.Cleanup()
+}
+
+// A reload that changes a zone's rates starts it afresh: state is never
+// read under other rates than those that wrote it.
+func TestZoneReloadWithNewRatesStartsAfresh(t *testing.T) {
+	ctx1, cancel1 := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel1()
+	old := &Handler{Zone: "rerate", Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Hour)}}}
+	if err := old.Provision(ctx1); err != nil {
+		t.Fatal(err)
+	}
+	defer old.Cleanup()
+	serve(old, "192.0.2.1")
+	if _, err := serve(old, "192.0.2.1"); status(t, err) != 429 {
+		t.Fatal("not limited")
+	}
+	ctx2, cancel2 := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel2()
+	cur := &Handler{Zone: "rerate", Rate: []Rate{{Events: 100, Period: caddy.Duration(time.Second)}}}
+	if err := cur.Provision(ctx2); err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Cleanup()
+	w, err := serve(cur, "192.0.2.1")
+	if err != nil {
+		t.Fatalf("new rates read the old rates' state: %v", err)
+	}
+	if got := w.Header().Get("RateLimit"); got != `"rerate";r=99;t=1` {
+		t.Errorf("RateLimit = %q, want a fresh bucket", got)
+	}
+	// The old config, still running until it is cleaned up, is untouched.
+	if _, err := serve(old, "192.0.2.1"); status(t, err) != 429 {
+		t.Error("old config's state reset")
+	}
+}
+
+// A config that fails its checks joins no zone and starts nothing.
+func TestProvisionChecksBeforeJoining(t *testing.T) {
+	for _, h := range []*Handler{
+		{Zone: "bad-rate", Rate: []Rate{{Events: 0, Period: caddy.Duration(time.Second)}}},
+		{Zone: "bad-exempt", Exempt: []string{"10.0.0.0/33"}, Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Second)}}},
+		{Zone: "bad-headers", Headers: "nope", Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Second)}}},
+		{Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Second)}}, MaxKeys: -1},
+	} {
+		before := sweepers()
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		if err := h.Provision(ctx); err == nil {
+			t.Errorf("%+v provisioned", h)
+		}
+		if h.poolKey != "" || h.mem != nil {
+			t.Errorf("%+v joined a zone before its config was checked", h)
+		}
+		if h.Zone != "" {
+			if _, ok := zones.References(namedKey(h.Zone, []limit{lim(1, time.Second, 1)})); ok {
+				t.Errorf("zone %s pooled", h.Zone)
+			}
+		}
+		cancel()
+		if n := sweepers(); n != before {
+			t.Errorf("%+v: %d sweepers running, %d before", h, n, before)
+		}
+	}
+}
+
+// sweepers counts the zone sweeper goroutines of the process.
+func sweepers() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "ratelimit.(*memStore).run(")
 }
 
 func BenchmarkServeHTTP(b *testing.B) {
@@ -355,7 +530,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.Cleanup()
-	r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	r := httptest.NewRequestWithContext(context.Background(), http.MethodGet, "http://example.com/", nil)
 	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.1"}))
 	w := &headerOnly{h: make(http.Header)}
 	b.ReportAllocs()

@@ -1,61 +1,48 @@
 package ratelimit
 
 import (
-	"errors"
-	"sync"
-
+	"github.com/caddygateway/caddy-gateway/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
-// metrics are the collectors of every throttle handler, built once and
-// registered on each config's registry.
-var metrics struct {
-	once                     sync.Once
-	allowed, refused, dryRun *prometheus.CounterVec
-}
-
-func initMetrics() {
-	const ns, sub = "caddy", "throttle"
-	labels := []string{"zone"}
-	metrics.allowed = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "allowed_total",
+// The collectors of every throttle handler, built once and registered on
+// each config's registry at Provision. Labelled by zone only.
+var (
+	allowedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "throttle", Name: "allowed_total",
 		Help: "Requests admitted by the throttle handler.",
-	}, labels)
-	metrics.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "refused_total",
+	}, []string{"zone"})
+	refusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "throttle", Name: "refused_total",
 		Help: "Requests refused with 429 by the throttle handler.",
-	}, labels)
-	metrics.dryRun = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "dry_run_total",
+	}, []string{"zone"})
+	dryRunTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "throttle", Name: "dry_run_total",
 		Help: "Requests the throttle handler would have refused, let through in dry-run mode.",
-	}, labels)
+	}, []string{"zone"})
+)
+
+// counters are the handler's metrics, resolved for its zone once at
+// Provision.
+type counters struct {
+	allowed, refused, dryRun prometheus.Counter
 }
 
-// newCounters registers the collectors on reg (registering again is fine)
-// and returns the counters of zone.
-func newCounters(reg *prometheus.Registry, zone string) (counters, error) {
-	metrics.once.Do(initMetrics)
-	vecs := []*prometheus.CounterVec{metrics.allowed, metrics.refused, metrics.dryRun}
-	if reg != nil {
-		for i, v := range vecs {
-			err := reg.Register(v)
-			var are prometheus.AlreadyRegisteredError
-			switch {
-			case err == nil:
-			case errors.As(err, &are):
-				existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-				if !ok {
-					return counters{}, err
-				}
-				vecs[i] = existing
-			default:
-				return counters{}, err
-			}
-		}
+// newCounters registers the collectors on the config's registry and returns
+// the counters of zone.
+func newCounters(ctx caddy.Context, zone string) (counters, error) {
+	var reg prometheus.Registerer
+	if r := ctx.GetMetricsRegistry(); r != nil {
+		reg = r
+	}
+	if err := metrics.Register(reg, allowedTotal, refusedTotal, dryRunTotal); err != nil {
+		return counters{}, err
 	}
 	return counters{
-		allowed: vecs[0].WithLabelValues(zone),
-		refused: vecs[1].WithLabelValues(zone),
-		dryRun:  vecs[2].WithLabelValues(zone),
+		allowed: allowedTotal.WithLabelValues(zone),
+		refused: refusedTotal.WithLabelValues(zone),
+		dryRun:  dryRunTotal.WithLabelValues(zone),
 	}, nil
 }

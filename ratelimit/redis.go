@@ -77,18 +77,30 @@ func (rc *Redis) provision() {
 	}
 }
 
-// validate checks the block after defaults, without contacting anything,
-// and returns the client options of the resolved URLs.
-func (rc *Redis) validate(repl *caddy.Replacer) (urls []string, opt rueidis.ClientOption, err error) {
+// check checks the block after defaults, without expanding or contacting
+// anything. zone is the handler's zone name.
+func (rc *Redis) check(zone string) error {
+	if len(rc.URLs) == 0 {
+		return errors.New("redis: at least one URL is required")
+	}
 	if err := checkOnError(rc.OnError); err != nil {
-		return nil, opt, err
+		return err
 	}
 	if rc.Timeout <= 0 {
-		return nil, opt, fmt.Errorf("redis: timeout must be positive, got %s", time.Duration(rc.Timeout))
+		return fmt.Errorf("redis: timeout must be positive, got %s", time.Duration(rc.Timeout))
 	}
 	if strings.ContainsAny(rc.Prefix, "{}") {
-		return nil, opt, fmt.Errorf("redis: prefix %q must not contain braces (they would move the Cluster hash tag)", rc.Prefix)
+		return fmt.Errorf("redis: prefix %q must not contain braces (they would move the Cluster hash tag)", rc.Prefix)
 	}
+	if strings.ContainsAny(zone, "{}") {
+		return fmt.Errorf("redis: zone %q must not contain braces (they would move the Cluster hash tag)", zone)
+	}
+	return nil
+}
+
+// resolve expands the URLs' placeholders and checks them (nothing is
+// contacted), returning them and the client options.
+func (rc *Redis) resolve(repl *caddy.Replacer) (urls []string, opt rueidis.ClientOption, err error) {
 	resolved := make([]string, len(rc.URLs))
 	for i, u := range rc.URLs {
 		resolved[i] = repl.ReplaceKnown(u, "")

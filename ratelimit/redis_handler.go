@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strconv"
+
+	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -17,20 +18,23 @@ var (
 	errRedisDeny  = errors.New("redis unavailable: request refused by on_error deny")
 )
 
-// redisLimiter decides in Redis, and on Redis's failure by the on_error
-// policy: in memory (local), or by errRedisAllow / errRedisDeny.
+// redisLimiter is the limiter of a zone on Redis: it decides in Redis, and
+// when Redis cannot answer by the on_error policy: in memory (local), or
+// by returning errRedisAllow / errRedisDeny.
 type redisLimiter struct {
+	urls  []string // resolved
+	opt   rueidis.ClientOption
 	z     *redisZone
 	local *memStore
 }
 
 func (s *redisLimiter) take(ctx context.Context, k key, limits []limit, out []verdict) (bool, error) {
 	var buf [64]byte
-	id := string(redisKeyText(k, buf[:0]))
+	id := string(k.appendText(buf[:0]))
 	res, ok := s.z.take(ctx, id, out)
 	switch res {
 	case redisFallbackLocal:
-		return s.local.take(k, limits, out)
+		return s.local.take(ctx, k, limits, out)
 	case redisFallbackAllow:
 		return true, errRedisAllow
 	case redisFallbackDeny:
@@ -40,29 +44,44 @@ func (s *redisLimiter) take(ctx context.Context, k key, limits []limit, out []ve
 	return ok, nil
 }
 
-// provisionRedis joins the Redis client of the handler's redis block (after
-// the configuration was checked) and sets up its limiter over the local
-// store mem.
-func (h *Handler) provisionRedis(ctx caddy.Context, zoneID string, mem *memStore) error {
-	rc := h.Redis
-	rc.provision()
-	urls, opt, err := rc.validate(caddy.NewReplacer())
+// resolveRedis expands and checks the URLs of the redis block, before the
+// handler joins any shared state.
+func (h *Handler) resolveRedis() error {
+	if h.Redis == nil {
+		return nil
+	}
+	urls, opt, err := h.Redis.resolve(caddy.NewReplacer())
 	if err != nil {
 		return err
 	}
-	c, key, err := joinRedisClient(opt, urls, h.logger)
+	h.redis = &redisLimiter{urls: urls, opt: opt}
+	return nil
+}
+
+// joinRedis joins the pooled client of the resolved URLs and sets up the
+// limiter, with mem (the zone's in-memory state) for on_error local.
+func (h *Handler) joinRedis(ctx caddy.Context, mem *memStore) error {
+	rl := h.redis
+	c, key, err := joinRedisClient(rl.opt, rl.urls, h.logger)
 	if err != nil {
 		return err
 	}
 	h.redisKey = key
-	z, err := newRedisZone(redisZoneConfig{
-		client: c, cfg: rc, zoneID: zoneID, zone: h.zoneName, rates: h.Rate,
+	// A named zone is named in Redis by its name (its rates are in every
+	// key); an unnamed one by its handler's configuration, the same on
+	// every instance loading the same config.
+	id := h.Zone
+	if id == "" {
+		id = h.zoneID
+	}
+	rl.z, err = newRedisZone(redisZoneConfig{
+		client: c, cfg: h.Redis, zoneID: id, zone: h.zoneName, rates: h.Rate,
 		maxKeys: h.MaxKeys, reg: ctx.GetMetricsRegistry(), logger: h.logger,
 	})
 	if err != nil {
 		return err
 	}
-	h.redis = &redisLimiter{z: z, local: mem}
+	rl.local = mem
 	return nil
 }
 
@@ -92,16 +111,4 @@ func (h *Handler) redisFallback(w http.ResponseWriter, r *http.Request, next cad
 		return true, caddyhttp.Error(http.StatusServiceUnavailable, err)
 	}
 	return false, nil
-}
-
-// redisKeyText appends the text naming k in Redis keys.
-func redisKeyText(k key, b []byte) []byte {
-	if k.addr.IsValid() {
-		b = append(b, 'c', ':')
-		b = k.addr.AppendTo(b)
-		b = append(b, '/')
-		return strconv.AppendInt(b, int64(k.bits), 10)
-	}
-	b = append(b, 't', ':')
-	return append(b, k.text...)
 }

@@ -27,7 +27,10 @@ func testRedisZone(t testing.TB, urls []string, cfg Redis, rates ...Rate) (*redi
 	logger := zap.New(core)
 	cfg.URLs = urls
 	cfg.provision()
-	resolved, opt, err := cfg.validate(caddy.NewReplacer())
+	if err := cfg.check("test"); err != nil {
+		t.Fatal(err)
+	}
+	resolved, opt, err := cfg.resolve(caddy.NewReplacer())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +386,7 @@ func TestRedisPlaceholderURLs(t *testing.T) {
 	t.Setenv("THROTTLE_TEST_REDIS", "redis://a:7000, redis://b:7001 redis://c:7002")
 	rc := Redis{URLs: []string{"{env.THROTTLE_TEST_REDIS}"}}
 	rc.provision()
-	urls, opt, err := rc.validate(caddy.NewReplacer())
+	urls, opt, err := rc.resolve(caddy.NewReplacer())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +395,7 @@ func TestRedisPlaceholderURLs(t *testing.T) {
 	}
 	rc = Redis{URLs: []string{"{env.THROTTLE_TEST_UNSET_VAR}"}}
 	rc.provision()
-	if _, _, err := rc.validate(caddy.NewReplacer()); err == nil {
+	if _, _, err := rc.resolve(caddy.NewReplacer()); err == nil {
 		t.Fatal("a placeholder expanding to nothing was accepted")
 	}
 }

@@ -1,10 +1,10 @@
 package ratelimit
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"hash/maphash"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,25 +32,6 @@ type verdict struct {
 	// wait is the time until a request would pass; zero when one would pass
 	// now. It is what Retry-After is built from.
 	wait int64
-}
-
-// key identifies the client a request is counted for: either a network
-// address masked to its prefix, or any other text.
-type key struct {
-	addr netip.Addr // masked; valid when the key is an address
-	bits int        // prefix length addr was masked to
-	text string     // the key when it is not an address
-}
-
-// store holds the GCRA state of one zone and makes the decision. take checks
-// one request for k against every rate and, only when all of them allow it,
-// records it in all of them: a refused request consumes nothing. out has one
-// element per rate and receives the verdicts.
-//
-// The in-memory store below is the one implementation so far; a shared store
-// (Redis) fits behind the same method, deciding on its own clock.
-type store interface {
-	take(k key, limits []limit, out []verdict) (allowed bool, err error)
 }
 
 // epoch anchors the default clock: time.Since uses the monotonic clock, so
@@ -152,14 +133,17 @@ func (s *memStore) configure(maxKeys, nRates int) {
 }
 
 // hash returns the 64-bit hash of k. Addresses go through a seeded mixer
-// (cheaper than maphash for 16 bytes), texts through maphash with another
-// seed, so no text can be made to alias an address.
+// (cheaper than maphash for 16 bytes), one bijective round per word, with
+// the kind and prefix length in the last, so that without the seeds no
+// address of one kind or prefix can be made to collide with another; texts
+// go through maphash with another seed, so no text can alias an address.
 func (s *memStore) hash(k key) uint64 {
-	if k.addr.IsValid() {
+	if k.kind != kindText {
 		a := k.addr.As16()
 		hi := binary.BigEndian.Uint64(a[:8])
 		lo := binary.BigEndian.Uint64(a[8:])
-		return fmix64(fmix64(s.seedA^hi) ^ lo ^ uint64(k.bits)<<56 ^ s.seedB)
+		x := fmix64(fmix64(s.seedA^hi) ^ lo)
+		return fmix64(x ^ s.seedB ^ uint64(k.kind)<<8 ^ uint64(k.bits))
 	}
 	return maphash.String(s.seedS, k.text)
 }
@@ -182,7 +166,7 @@ func fmix64(x uint64) uint64 {
 	return x
 }
 
-func (s *memStore) take(k key, limits []limit, out []verdict) (bool, error) {
+func (s *memStore) take(_ context.Context, k key, limits []limit, out []verdict) (bool, error) {
 	h := s.hash(k)
 	sh := &s.shards[h>>s.shift]
 	now := s.now()

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -30,7 +31,10 @@ func lim(events int, period time.Duration, burst int) limit {
 	return limit{interval: t, tolerance: t * int64(burst)}
 }
 
-func textKey(s string) key { return key{text: s} }
+func textKey(s string) key { return key{kind: kindText, text: s} }
+
+// bg is the context of store calls in tests.
+var bg = context.Background()
 
 func TestGCRABurstThenRate(t *testing.T) {
 	s, c := testStore(100, 1)
@@ -39,7 +43,7 @@ func TestGCRABurstThenRate(t *testing.T) {
 	k := textKey("a")
 
 	for i := range 5 {
-		ok, _ := s.take(k, ls, out)
+		ok, _ := s.take(bg, k, ls, out)
 		if !ok {
 			t.Fatalf("request %d of the burst refused", i+1)
 		}
@@ -51,7 +55,7 @@ func TestGCRABurstThenRate(t *testing.T) {
 	if out[0].reset != int64(100*time.Millisecond) {
 		t.Errorf("reset after burst = %v, want 100ms", time.Duration(out[0].reset))
 	}
-	ok, _ := s.take(k, ls, out)
+	ok, _ := s.take(bg, k, ls, out)
 	if ok {
 		t.Fatal("6th request passed")
 	}
@@ -59,21 +63,21 @@ func TestGCRABurstThenRate(t *testing.T) {
 		t.Errorf("refusal verdict %+v, want wait 100ms, remaining 0", out[0])
 	}
 	c.advance(99 * time.Millisecond)
-	if ok, _ := s.take(k, ls, out); ok {
+	if ok, _ := s.take(bg, k, ls, out); ok {
 		t.Fatal("passed 1ms before its time")
 	}
 	if out[0].wait != int64(time.Millisecond) {
 		t.Errorf("wait = %v, want 1ms", time.Duration(out[0].wait))
 	}
 	c.advance(time.Millisecond)
-	if ok, _ := s.take(k, ls, out); !ok {
+	if ok, _ := s.take(bg, k, ls, out); !ok {
 		t.Fatal("refused at its time")
 	}
 	// A quiet time refills the bucket, never beyond the burst.
 	c.advance(time.Hour)
 	n := 0
 	for {
-		if ok, _ := s.take(k, ls, out); !ok {
+		if ok, _ := s.take(bg, k, ls, out); !ok {
 			break
 		}
 		n++
@@ -88,7 +92,7 @@ func TestGCRAResetWhenRemaining(t *testing.T) {
 	ls := []limit{lim(1, time.Second, 10)}
 	out := make([]verdict, 1)
 	for range 3 {
-		s.take(textKey("a"), ls, out)
+		s.take(bg, textKey("a"), ls, out)
 	}
 	// 3 of 10 used: full again in 3s, 7 left.
 	if out[0].remaining != 7 || out[0].reset != int64(3*time.Second) {
@@ -102,7 +106,7 @@ func TestAllOrNothing(t *testing.T) {
 	out := make([]verdict, 2)
 	k := textKey("a")
 	for range 2 {
-		if ok, _ := s.take(k, ls, out); !ok {
+		if ok, _ := s.take(bg, k, ls, out); !ok {
 			t.Fatal("refused within both limits")
 		}
 	}
@@ -111,7 +115,7 @@ func TestAllOrNothing(t *testing.T) {
 	}
 	// The second rate refuses: the first must not be charged.
 	for range 20 {
-		if ok, _ := s.take(k, ls, out); ok {
+		if ok, _ := s.take(bg, k, ls, out); ok {
 			t.Fatal("passed beyond the second rate")
 		}
 		if out[0].remaining != 8 {
@@ -122,7 +126,7 @@ func TestAllOrNothing(t *testing.T) {
 		}
 	}
 	c.advance(30 * time.Second)
-	if ok, _ := s.take(k, ls, out); !ok {
+	if ok, _ := s.take(bg, k, ls, out); !ok {
 		t.Fatal("refused after the second rate refilled one")
 	}
 	if out[0].remaining != 9 { // 30s refilled the first rate entirely; this one used 1
@@ -138,16 +142,14 @@ func TestConcurrencyExact(t *testing.T) {
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
 	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			out := make([]verdict, 1)
 			for range 50 {
-				if ok, _ := s.take(textKey("hot"), ls, out); ok {
+				if ok, _ := s.take(bg, textKey("hot"), ls, out); ok {
 					admitted.Add(1)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if n := admitted.Load(); n != 37 {
@@ -163,16 +165,14 @@ func TestConcurrencyRealClock(t *testing.T) {
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
 	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			out := make([]verdict, 1)
 			for time.Since(start) < 50*time.Millisecond {
-				if ok, _ := s.take(textKey("hot"), ls, out); ok {
+				if ok, _ := s.take(bg, textKey("hot"), ls, out); ok {
 					admitted.Add(1)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
@@ -186,14 +186,14 @@ func TestKeysAreSeparate(t *testing.T) {
 	s, _ := testStore(100, 1)
 	ls := []limit{lim(1, time.Minute, 1)}
 	out := make([]verdict, 1)
-	a := key{addr: netip.MustParseAddr("192.0.2.1"), bits: 32}
-	b := key{addr: netip.MustParseAddr("192.0.2.2"), bits: 32}
-	for _, k := range []key{a, b, textKey("192.0.2.1"), textKey("x")} {
-		if ok, _ := s.take(k, ls, out); !ok {
+	a := key{kind: kindClient, addr: netip.MustParseAddr("192.0.2.1"), bits: 32}
+	b := key{kind: kindClient, addr: netip.MustParseAddr("192.0.2.2"), bits: 32}
+	for _, k := range []key{a, b, textKey("192.0.2.1"), textKey("x"), {kind: kindAddr, addr: a.addr, bits: 32}} {
+		if ok, _ := s.take(bg, k, ls, out); !ok {
 			t.Fatalf("first request of %+v refused", k)
 		}
 	}
-	if ok, _ := s.take(a, ls, out); ok {
+	if ok, _ := s.take(bg, a, ls, out); ok {
 		t.Fatal("second request of a passed")
 	}
 }
@@ -206,18 +206,18 @@ func TestEvictionKeepsActiveClient(t *testing.T) {
 	out := make([]verdict, 1)
 	active := textKey("active")
 	for range 5 {
-		s.take(active, ls, out)
+		s.take(bg, active, ls, out)
 	}
-	if ok, _ := s.take(active, ls, out); ok {
+	if ok, _ := s.take(bg, active, ls, out); ok {
 		t.Fatal("active client not limited")
 	}
 	for i := range 9 {
-		if ok, _ := s.take(textKey(fmt.Sprint("k", i)), ls, out); !ok {
+		if ok, _ := s.take(bg, textKey(fmt.Sprint("k", i)), ls, out); !ok {
 			t.Fatalf("key %d refused below max_keys", i)
 		}
 	}
 	// Full of active keys: a new key is refused, nobody is evicted.
-	if ok, _ := s.take(textKey("new"), ls, out); ok {
+	if ok, _ := s.take(bg, textKey("new"), ls, out); ok {
 		t.Fatal("new key admitted beyond max_keys")
 	}
 	if out[0].wait <= 0 {
@@ -230,7 +230,7 @@ func TestEvictionKeepsActiveClient(t *testing.T) {
 	// still owes 3s: churn 1000 new keys through.
 	c.advance(2 * time.Second)
 	for i := range 1000 {
-		s.take(textKey(fmt.Sprint("churn", i)), ls, out)
+		s.take(bg, textKey(fmt.Sprint("churn", i)), ls, out)
 		if s.entries() > 10 {
 			t.Fatalf("store grew to %d keys beyond max_keys 10", s.entries())
 		}
@@ -239,7 +239,7 @@ func TestEvictionKeepsActiveClient(t *testing.T) {
 	// 2s, so exactly 2 pass.
 	n := 0
 	for {
-		if ok, _ := s.take(active, ls, out); !ok {
+		if ok, _ := s.take(bg, active, ls, out); !ok {
 			break
 		}
 		n++
@@ -254,10 +254,10 @@ func TestSweepDropsOnlyIdle(t *testing.T) {
 	ls := []limit{lim(1, time.Second, 10)}
 	out := make([]verdict, 1)
 	for i := range 100 {
-		s.take(textKey(strconv.Itoa(i)), ls, out)
+		s.take(bg, textKey(strconv.Itoa(i)), ls, out)
 	}
 	for range 5 {
-		s.take(textKey("busy"), ls, out) // 6 used in total: full in 6s
+		s.take(bg, textKey("busy"), ls, out) // 6 used in total: full in 6s
 	}
 	c.advance(2 * time.Second)
 	s.sweepAll()
@@ -276,7 +276,7 @@ func TestLongKeysFixedSize(t *testing.T) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	for i := range 500 {
-		s.take(textKey(long+strconv.Itoa(i)), ls, out)
+		s.take(bg, textKey(long+strconv.Itoa(i)), ls, out)
 	}
 	runtime.GC()
 	var after runtime.MemStats
@@ -312,7 +312,7 @@ func TestMillionKeysFlood(t *testing.T) {
 		c.advance(time.Microsecond)
 		k[0], k[1], k[2], k[3] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
 		ip := netip.AddrFrom4(k)
-		if ok, _ := s.take(key{addr: ip, bits: 32}, ls, out); !ok {
+		if ok, _ := s.take(bg, key{kind: kindClient, addr: ip, bits: 32}, ls, out); !ok {
 			refused++
 		}
 		if i == 499_999 {
@@ -337,12 +337,12 @@ func TestMillionKeysFlood(t *testing.T) {
 func BenchmarkTakeOneKey(b *testing.B) {
 	s := newMemStore(DefaultMaxKeys, 1, nil)
 	ls := []limit{lim(1_000_000_000, time.Second, 1_000_000_000)}
-	k := key{addr: netip.MustParseAddr("192.0.2.1"), bits: 32}
+	k := key{kind: kindClient, addr: netip.MustParseAddr("192.0.2.1"), bits: 32}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		out := make([]verdict, 1)
 		for pb.Next() {
-			s.take(k, ls, out)
+			s.take(bg, k, ls, out)
 		}
 	})
 }
@@ -354,8 +354,8 @@ func BenchmarkTakeManyKeys(b *testing.B) {
 	keys := make([]key, n)
 	out := make([]verdict, 1)
 	for i := range keys {
-		keys[i] = key{addr: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), bits: 32}
-		s.take(keys[i], ls, out)
+		keys[i] = key{kind: kindClient, addr: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), bits: 32}
+		s.take(bg, keys[i], ls, out)
 	}
 	var seq atomic.Uint32
 	b.ReportAllocs()
@@ -365,7 +365,7 @@ func BenchmarkTakeManyKeys(b *testing.B) {
 		i := seq.Add(7919)
 		for pb.Next() {
 			i++
-			s.take(keys[i%n], ls, out)
+			s.take(bg, keys[i%n], ls, out)
 		}
 	})
 }
@@ -378,7 +378,7 @@ func BenchmarkTakeTwoRates(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		out := make([]verdict, 2)
 		for pb.Next() {
-			s.take(k, ls, out)
+			s.take(bg, k, ls, out)
 		}
 	})
 }
@@ -389,7 +389,7 @@ func rss() string {
 	if err != nil {
 		return "?"
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	for line := range strings.SplitSeq(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			return strings.TrimSpace(v)
 		}
@@ -407,4 +407,24 @@ func (s *memStore) entries() int {
 		sh.mu.Unlock()
 	}
 	return n
+}
+
+// Keys of different kinds have different texts, even for one address.
+func TestKeyTextKinds(t *testing.T) {
+	a := netip.MustParseAddr("192.0.2.0")
+	seen := map[string]key{}
+	for _, k := range []key{
+		{kind: kindClient, addr: a, bits: 24},
+		{kind: kindAddr, addr: a, bits: 24},
+		{kind: kindClient, addr: a, bits: 32},
+		textKey("192.0.2.0/24"),
+		textKey("c:192.0.2.0/24"),
+		{kind: kindClient},
+	} {
+		txt := string(k.appendText(nil))
+		if prev, dup := seen[txt]; dup {
+			t.Fatalf("%+v and %+v share the text %q", prev, k, txt)
+		}
+		seen[txt] = k
+	}
 }

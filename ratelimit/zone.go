@@ -2,153 +2,109 @@ package ratelimit
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math"
-	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
 
-// zones holds the state of every zone in use, keyed by zone: a new config is
-// provisioned before the old one is cleaned up, so state outlives reloads.
+// zones holds the state of every zone in use, keyed by zone identity (its
+// name and its rates, or an unnamed handler's fingerprint): a new config is
+// provisioned before the old one is cleaned up, so state outlives reloads
+// that keep a zone's rates, and a reload that changes them starts afresh.
 var zones = caddy.NewUsagePool()
 
-// unnamed counts the unnamed handlers of each config with the same
-// fingerprint, so identical unnamed handlers stay private to each other
-// while each finds its own state again after a reload.
-var unnamed = struct {
+// loading records, per config being loaded or running (keyed by its
+// context's Done channel), what its handlers declared: the rates of each
+// named zone, and how many unnamed handlers share each fingerprint. An
+// entry goes away with its config's context.
+var loading = struct {
 	sync.Mutex
-	seen map[<-chan struct{}]map[string]int
-}{seen: make(map[<-chan struct{}]map[string]int)}
+	configs map[<-chan struct{}]*declared
+}{configs: make(map[<-chan struct{}]*declared)}
 
-// unnamedKey returns the pool key of an unnamed zone: its handler's
-// fingerprint and its rank among identical handlers of the same config.
-func unnamedKey(ctx caddy.Context, fingerprint string) string {
+type declared struct {
+	zones   map[string]zoneDecl // zone name -> the rates its first handler declared
+	unnamed map[string]int      // fingerprint -> handlers seen
+}
+
+type zoneDecl struct {
+	id    string // ratesID
+	rates []Rate
+}
+
+// declaredFor returns the declarations of ctx's config, creating them.
+// Called with loading locked.
+func declaredFor(ctx caddy.Context) *declared {
 	done := ctx.Done()
-	unnamed.Lock()
-	defer unnamed.Unlock()
-	m := unnamed.seen[done]
-	if m == nil {
-		m = make(map[string]int)
-		unnamed.seen[done] = m
+	d := loading.configs[done]
+	if d == nil {
+		d = &declared{zones: make(map[string]zoneDecl), unnamed: make(map[string]int)}
+		loading.configs[done] = d
 		if done != nil {
 			context.AfterFunc(ctx, func() {
-				unnamed.Lock()
-				delete(unnamed.seen, done)
-				unnamed.Unlock()
+				loading.Lock()
+				delete(loading.configs, done)
+				loading.Unlock()
 			})
 		}
 	}
-	n := m[fingerprint]
-	m[fingerprint] = n + 1
+	return d
+}
+
+// declareZone records that a handler of ctx's config names zone with these
+// rates, and refuses rates that differ from those of an earlier handler of
+// the same config naming it.
+func declareZone(ctx caddy.Context, zone string, rates []Rate, limits []limit) error {
+	id := ratesID(limits)
+	loading.Lock()
+	defer loading.Unlock()
+	d := declaredFor(ctx)
+	prev, ok := d.zones[zone]
+	if !ok {
+		d.zones[zone] = zoneDecl{id: id, rates: rates}
+		return nil
+	}
+	if prev.id != id {
+		return fmt.Errorf("zone %q is declared with different rates (%s; and %s): every handler naming a zone must declare the same rates",
+			zone, formatRates(prev.rates), formatRates(rates))
+	}
+	return nil
+}
+
+// unnamedKey returns the pool key of an unnamed zone: its handler's
+// fingerprint and its rank among identical handlers of the same config, so
+// identical unnamed handlers stay private to each other while each finds
+// its own state again after a reload.
+func unnamedKey(ctx caddy.Context, fingerprint string) string {
+	loading.Lock()
+	defer loading.Unlock()
+	d := declaredFor(ctx)
+	n := d.unnamed[fingerprint]
+	d.unnamed[fingerprint] = n + 1
 	return "unnamed/" + fingerprint + "/" + strconv.Itoa(n)
 }
 
-// parseRate parses "<events>/<duration>", e.g. "10/1s", "1000/1h" or
-// "5/m" (a bare unit means one of it).
-func parseRate(s string) (Rate, error) {
-	ev, per, ok := strings.Cut(s, "/")
-	if !ok {
-		return Rate{}, fmt.Errorf("rate %q: want <events>/<duration>, e.g. 10/1s", s)
-	}
-	n, err := strconv.Atoi(ev)
-	if err != nil || n < 1 {
-		return Rate{}, fmt.Errorf("rate %q: events must be a whole number of at least 1", s)
-	}
-	if per != "" && (per[0] < '0' || per[0] > '9') {
-		per = "1" + per
-	}
-	d, err := caddy.ParseDuration(per)
-	if err != nil || d <= 0 {
-		return Rate{}, fmt.Errorf("rate %q: duration must be positive, e.g. 1s, 1m, 1h", s)
-	}
-	return Rate{Events: n, Period: caddy.Duration(d)}, nil
+// namedKey returns the pool key of a named zone: its name and its rates, so
+// state is never read under rates other than those that wrote it.
+func namedKey(zone string, limits []limit) string {
+	return "zone/" + zone + "/" + ratesID(limits)
 }
 
-// maxTolerance bounds burst × period / events (about 146 years), so that
-// timestamps never overflow.
-const maxTolerance = math.MaxInt64 / 4
-
-// checkRate checks a rate after defaults.
-func checkRate(r Rate) error {
-	switch {
-	case r.Events < 1:
-		return fmt.Errorf("events must be at least 1, got %d", r.Events)
-	case r.Period <= 0:
-		return fmt.Errorf("period must be positive, got %s", time.Duration(r.Period))
-	case r.Burst < 1:
-		return fmt.Errorf("burst must be at least 1, got %d", r.Burst)
-	case interval(r) > maxTolerance/int64(r.Burst):
-		return fmt.Errorf("burst × period / events is too long")
-	}
-	return nil
-}
-
-// interval returns the emission interval of r: period / events, rounded up
-// so that rounding never admits more than the rate.
-func interval(r Rate) int64 {
-	p, n := int64(r.Period), int64(r.Events)
-	return max((p+n-1)/n, 1)
-}
-
-// compile turns a valid rate into GCRA terms.
-func compile(r Rate) limit {
-	t := interval(r)
-	return limit{interval: t, tolerance: t * int64(r.Burst)}
-}
-
-// checkPrefix checks a prefix length against the address size.
-func checkPrefix(bits, size int) error {
-	if bits < 0 || bits > size {
-		return fmt.Errorf("prefix length must be between 0 and %d, got %d", size, bits)
-	}
-	return nil
-}
-
-// checkZone checks a zone name: printable ASCII, so it can be sent in
-// headers.
-func checkZone(z string) error {
-	for i := 0; i < len(z); i++ {
-		if z[i] < 0x21 || z[i] > 0x7e {
-			return fmt.Errorf("zone %q: only printable ASCII without spaces is allowed", z)
-		}
-	}
-	return nil
-}
-
-// checkHeaders checks a header mode.
-func checkHeaders(mode string) error {
-	switch mode {
-	case HeadersIETF, HeadersLegacy, HeadersOff:
-		return nil
-	}
-	return fmt.Errorf("unknown headers mode %q: want ietf, legacy or off", mode)
-}
-
-// parsePrefix parses a CIDR range or a single address.
-func parsePrefix(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", s)
-		}
-		if p.Addr().Is4In6() {
-			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
-		}
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
+// joinMemZone joins (or creates) the in-memory state under poolKey. It is
+// the handler's only side effect, made once the configuration is known to be
+// good; Cleanup releases it.
+func joinMemZone(poolKey string, maxKeys, nRates int, now func() int64) (*memStore, error) {
+	val, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		s := newMemStore(maxKeys, nRates, now)
+		go s.run(sweepInterval)
+		return s, nil
+	})
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR or address %q", s)
+		return nil, err
 	}
-	if a.Zone() != "" {
-		return netip.Prefix{}, errors.New("zoned addresses are not supported: " + s)
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	s := val.(*memStore)
+	s.configure(maxKeys, nRates)
+	return s, nil
 }
