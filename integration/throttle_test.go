@@ -322,31 +322,29 @@ func TestThrottleMetrics(t *testing.T) {
 	}
 }
 
-// A flood of new keys through a full zone never resets an active client's
-// bucket; the zone stays within max_keys by refusing new keys while all its
-// keys are active.
-func TestThrottleEvictionKeepsActiveClient(t *testing.T) {
+// A flood of new keys through a full zone locks no one out: every new
+// client is admitted (the keys closest to idle make room), and a client that
+// spent most of its burst keeps its bucket while keys closer to idle exist.
+func TestThrottleFloodLocksNoOneOut(t *testing.T) {
 	tc := gateway(t, "", `
 	throttle {
 		zone evict
 		key {header.X-Client}
-		rate 1/1h burst 2
+		rate 1/1h burst 5
 		max_keys 10
 	}
 	respond "ok"`)
-	for range 2 {
+	for range 5 {
 		do(t, tc, get(t, "/", "X-Client", "active"))
 	}
 	if resp, _ := do(t, tc, get(t, "/", "X-Client", "active")); resp.StatusCode != 429 {
 		t.Fatalf("active client not limited: %d", resp.StatusCode)
 	}
-	codes := map[int]int{}
 	for i := range 100 {
 		resp, _ := do(t, tc, get(t, "/", "X-Client", fmt.Sprint("flood-", i)))
-		codes[resp.StatusCode]++
-	}
-	if codes[200] != 9 || codes[429] != 91 {
-		t.Errorf("flood statuses %v, want 9 admitted (max_keys 10) and 91 refused", codes)
+		if resp.StatusCode != 200 {
+			t.Fatalf("new client %d: %d, want 200 (refused for want of room?)", i, resp.StatusCode)
+		}
 	}
 	if resp, _ := do(t, tc, get(t, "/", "X-Client", "active")); resp.StatusCode != 429 {
 		t.Fatalf("active client got a fresh bucket after the flood: %d", resp.StatusCode)

@@ -122,11 +122,14 @@ type Handler struct {
 	Exempt []string `json:"exempt,omitempty"`
 
 	// The maximum number of keys the zone keeps in memory. Idle keys
-	// (whose buckets are full again) are dropped first and in the
-	// background; when the zone is full of active keys, requests of new
-	// keys are refused with 429 until some key becomes idle, so that no
-	// active client is ever handed a fresh bucket. Handlers sharing a zone
-	// use the value of the most recently loaded one. Default: 100000.
+	// (whose buckets are full again) are dropped first; when there is no
+	// idle key, the key closest to idle is evicted, so its client regains
+	// at most what it still had to wait for. A new key is never refused for
+	// want of room, and a key that spent most of its burst is never evicted
+	// while keys closer to idle exist. The bound is split evenly across up
+	// to 64 shards, and eviction picks within the new key's shard. Handlers
+	// sharing a zone use the value of the most recently loaded one.
+	// Default: 100000.
 	MaxKeys int `json:"max_keys,omitempty"`
 
 	// Count requests and send headers, but never refuse one.

@@ -534,6 +534,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.1"}))
 	w := &headerOnly{h: make(http.Header)}
 	b.ReportAllocs()
+	defer cpuPerOp(b)()
 	for b.Loop() {
 		h.ServeHTTP(w, r, okHandler)
 	}

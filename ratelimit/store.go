@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // limit is one compiled `rate` line in GCRA terms, in nanoseconds of the
@@ -40,23 +42,21 @@ var epoch = time.Now()
 
 func monotonicNow() int64 { return int64(time.Since(epoch)) }
 
-// golden spreads the per-rate entries of one key across the hash space.
-const golden = 0x9E3779B97F4A7C15
-
 // memStore is the in-memory GCRA store: one timestamp (the TAT) per key and
 // rate, in a fixed number of shards, each a hash table under its own mutex, so
 // there is no global lock and decisions on one key are exact under any
-// concurrency. Keys are stored as 64-bit seeded hashes, so every entry has
-// the same size however long the key text is.
+// concurrency. Keys are stored as 64-bit seeded hashes, so every key has the
+// same size however long its text is.
 //
-// An entry whose TAT is not after now is idle: its bucket is full again and
-// it means exactly what an absent entry means, so dropping it never changes
-// a decision. Memory is bounded by maxKeys: idle entries are swept
-// periodically and whenever a shard is full; when a shard is full of active
-// entries a new key is refused rather than an active key evicted (evicting
-// would hand that client a fresh bucket). A known key whose slower rates
-// went idle may exceed the bound by an eighth, so an active client is not
-// refused for want of room; new keys never do.
+// A key whose TATs are all not after now is idle: its buckets are full again
+// and it means exactly what an absent key means, so dropping it never
+// changes a decision. Memory is bounded by maxKeys, split evenly across the
+// shards. When a shard is full and a new key arrives, the key of that shard
+// closest to idle goes: an idle one when there is one, else the one that
+// becomes idle first, so the client it belonged to regains at most what it
+// still had to wait for. A new key is never refused for want of room, and a
+// key that spent most of its burst is never dropped while keys of its shard
+// are closer to idle. Idle keys are also swept in the background.
 type memStore struct {
 	now    func() int64 // clock in nanoseconds; injected by tests
 	seedA  uint64       // address hash seeds
@@ -64,11 +64,10 @@ type memStore struct {
 	seedS  maphash.Seed
 	shards []shard
 	shift  uint // shard index = hash >> shift
+	rates  int  // TATs per key: every handler of a zone has the same rates
 
-	// perShard is the number of keys each shard may hold; the entry bound
-	// is perShard × rates.
+	// perShard is the number of keys each shard may hold.
 	perShard atomic.Int64
-	rates    atomic.Int64
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -76,12 +75,10 @@ type memStore struct {
 
 type shard struct {
 	mu sync.Mutex
-	t  table // hash of (key, rate index) -> TAT
-	// fullUntil is, after a sweep found the shard full of active
-	// entries, the earliest time one of them becomes idle: until then new
-	// keys are refused without sweeping again.
-	fullUntil int64
-	_         [16]byte // pad to 64 bytes: shards on separate cache lines
+	// pad to whole cache lines: shards on separate lines (not last: a
+	// zero-size last field would be padded)
+	_ [(64 - (8+unsafe.Sizeof(table{}))%64) % 64]byte
+	t table
 }
 
 // maxShards bounds the number of shards; minPerShard keeps small max_keys
@@ -108,28 +105,24 @@ func newMemStore(maxKeys, nRates int, now func() int64) *memStore {
 		seedS:  maphash.MakeSeed(),
 		shards: make([]shard, n),
 		shift:  64,
+		rates:  nRates,
 		stop:   make(chan struct{}),
+	}
+	for i := range s.shards {
+		s.shards[i].t = newTable(nRates)
 	}
 	for n > 1 {
 		s.shift--
 		n >>= 1
 	}
-	s.configure(maxKeys, nRates)
+	s.configure(maxKeys)
 	return s
 }
 
 // configure sets the bound from the most recently provisioned handler of
-// the zone. The number of rates only grows, so entries of any handler
-// sharing the zone fit.
-func (s *memStore) configure(maxKeys, nRates int) {
-	per := (int64(maxKeys) + int64(len(s.shards)) - 1) / int64(len(s.shards))
-	s.perShard.Store(max(per, 1))
-	for {
-		cur := s.rates.Load()
-		if int64(nRates) <= cur || s.rates.CompareAndSwap(cur, int64(nRates)) {
-			return
-		}
-	}
+// the zone. A smaller bound takes effect as new keys arrive.
+func (s *memStore) configure(maxKeys int) {
+	s.perShard.Store(max(int64(maxKeys)/int64(len(s.shards)), 1))
 }
 
 // hash returns the 64-bit hash of k. Addresses go through a seeded mixer
@@ -167,68 +160,51 @@ func fmix64(x uint64) uint64 {
 }
 
 func (s *memStore) take(_ context.Context, k key, limits []limit, out []verdict) (bool, error) {
+	if len(limits) != s.rates {
+		return false, errRatesMismatch
+	}
 	h := s.hash(k)
 	sh := &s.shards[h>>s.shift]
+	t := &sh.t
 	now := s.now()
 
 	sh.mu.Lock()
+	slot, found := t.find(h)
+	var tats []int64
+	if found {
+		tats = t.tats(slot)
+	}
 	allowed := true
-	missing := 0
 	for i, l := range limits {
-		tat, ok := sh.t.get(h + uint64(i)*golden)
-		if !ok {
-			missing++
+		tat := now
+		if found {
+			tat = max(tats[i], now)
 		}
-		tat = max(tat, now)
 		out[i].reset = tat // the TAT before this request, for now
 		if tat+l.interval-now > l.tolerance {
 			allowed = false
 		}
 	}
-	var full bool
-	if allowed && missing > 0 {
-		bound := int(s.perShard.Load() * s.rates.Load())
-		if missing < len(limits) {
-			// A known key whose slower rates went idle: give it some slack
-			// rather than refuse an active client.
-			bound += bound / 8
-		}
-		if sh.t.n+missing > bound {
-			if now < sh.fullUntil {
-				full = true
-			} else {
-				sh.sweep(now)
-				// The sweep may have dropped this key's idle entries.
-				missing = 0
-				for i := range limits {
-					if _, ok := sh.t.get(h + uint64(i)*golden); !ok {
-						missing++
-					}
-				}
-				full = sh.t.n+missing > bound
-			}
-		}
-		allowed = !full
-	}
 	if allowed {
-		for i, l := range limits {
-			tat := out[i].reset + l.interval
-			sh.t.set(h+uint64(i)*golden, tat)
-			// A new entry may become idle before the ones the last
-			// sweep saw.
-			sh.fullUntil = min(sh.fullUntil, tat)
+		if found {
+			for i, l := range limits {
+				tats[i] = out[i].reset + l.interval
+			}
+		} else {
+			// A new key always gets room: the key closest to idle goes.
+			for bound := int(s.perShard.Load()); t.n >= bound; {
+				t.evict()
+			}
+			var buf [4]int64
+			fresh := buf[:0]
+			for i, l := range limits {
+				fresh = append(fresh, out[i].reset+l.interval)
+			}
+			t.insert(h, fresh)
 		}
 	}
-	fullUntil := sh.fullUntil
 	sh.mu.Unlock()
 
-	if full {
-		wait := max(fullUntil-now, 1)
-		for i := range limits {
-			out[i] = verdict{reset: wait, wait: wait}
-		}
-		return false, nil
-	}
 	for i, l := range limits {
 		tat := out[i].reset
 		if allowed {
@@ -238,6 +214,10 @@ func (s *memStore) take(_ context.Context, k key, limits []limit, out []verdict)
 	}
 	return allowed, nil
 }
+
+// errRatesMismatch: a handler's rates do not fit its zone's state (zone
+// identity includes the rates, so this is a bug).
+var errRatesMismatch = errors.New("throttle: rates do not match the zone's state")
 
 // judge computes the verdict of one rate from used, how far the key's TAT
 // (after this request when it was admitted) runs ahead of now.
@@ -254,19 +234,12 @@ func judge(used int64, l limit) verdict {
 	return v
 }
 
-// sweep drops the idle entries of the shard and, when none is left to
-// drop, remembers when the first active entry becomes idle. Called with the
-// shard locked.
-func (sh *shard) sweep(now int64) {
-	sh.fullUntil = sh.t.sweep(now)
-}
-
 // sweepAll sweeps every shard, one at a time.
 func (s *memStore) sweepAll() {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		sh.sweep(s.now())
+		sh.t.sweep(s.now())
 		sh.mu.Unlock()
 	}
 }

@@ -7,61 +7,94 @@ import (
 )
 
 func TestShardSize(t *testing.T) {
-	if n := unsafe.Sizeof(shard{}); n != 64 {
-		t.Errorf("shard is %d bytes, want one 64-byte cache line", n)
+	if n := unsafe.Sizeof(shard{}); n%64 != 0 {
+		t.Errorf("shard is %d bytes, want whole 64-byte cache lines", n)
 	}
 }
 
-// The table agrees with a Go map under random inserts, updates and sweeps,
-// with keys crowded into few home slots so probe runs wrap and shift.
+// The table agrees with a Go map under random inserts, updates, evictions
+// and sweeps, with keys crowded into few home slots so probe runs wrap and
+// shift; eviction always takes a key closest to idle.
 func TestTableMatchesMap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2)) //nolint:gosec // a fixed seed: the test must be reproducible
-	var tb table
-	ref := map[uint64]int64{}
-	for step := range 200_000 {
+	tb := newTable(2)
+	ref := map[uint64][2]int64{}
+	idle := func(v [2]int64) int64 { return max(v[0], v[1]) }
+	for step := range 100_000 {
 		// Keys share their low bits often, and 0 appears (stored as 1, as
 		// the real hash collision it stands for).
-		k := uint64(rng.IntN(512)) << (rng.IntN(3) * 20)
+		k := uint64(rng.IntN(128)) << (rng.IntN(3) * 20)
 		if rng.IntN(4) == 0 {
 			// Homes in the last slots: runs wrap around the end.
-			k = uint64(rng.IntN(512))<<20 | (0xFFFFF - uint64(rng.IntN(4)))
+			k = uint64(rng.IntN(128))<<20 | (0xFFFFF - uint64(rng.IntN(4)))
 		}
 		if k == 1 {
 			k = 0
 		}
-		switch op := rng.IntN(10); {
-		case op < 6:
-			v := rng.Int64N(1000) + 1
-			tb.set(k, v)
-			ref[k] = v
-		case op < 9:
-			got, ok := tb.get(k)
-			want, wok := ref[k]
-			if ok != wok || got != want {
-				t.Fatalf("step %d: get(%d) = %d,%v; want %d,%v", step, k, got, ok, want, wok)
+		switch op := rng.IntN(20); {
+		case op < 12:
+			// TATs only grow.
+			i, ok := tb.find(k)
+			if _, wok := ref[k]; ok != wok {
+				t.Fatalf("step %d: find(%d) = %v, want %v", step, k, ok, wok)
 			}
+			if ok {
+				v := ref[k]
+				for r := range v {
+					v[r] += rng.Int64N(100)
+				}
+				copy(tb.tats(i), v[:])
+				ref[k] = v
+			} else {
+				v := [2]int64{rng.Int64N(1000) + 1, rng.Int64N(1000) + 1}
+				tb.insert(k, v[:])
+				ref[k] = v
+			}
+		case op < 18:
+			i, ok := tb.find(k)
+			want, wok := ref[k]
+			if ok != wok || (ok && [2]int64(tb.tats(i)) != want) {
+				t.Fatalf("step %d: find(%d) = %v; want %v,%v", step, k, ok, want, wok)
+			}
+		case op < 19:
+			if len(ref) == 0 {
+				continue
+			}
+			least := int64(1<<63 - 1)
+			for _, v := range ref {
+				least = min(least, idle(v))
+			}
+			gone := tb.evict()
+			if gone == 1 {
+				gone = 0 // stored as 1; key 1 itself is never used
+			}
+			v, ok := ref[gone]
+			if !ok {
+				t.Fatalf("step %d: evicted %d, not a key", step, gone)
+			}
+			if idle(v) != least {
+				t.Fatalf("step %d: evicted a key idle at %d, but one is idle at %d", step, idle(v), least)
+			}
+			if _, ok := tb.find(gone); ok {
+				t.Fatalf("step %d: evicted key still found", step)
+			}
+			delete(ref, gone)
 		default:
 			now := rng.Int64N(1000)
-			next := tb.sweep(now)
-			wantNext := int64(1<<63 - 1)
+			tb.sweep(now)
 			for rk, v := range ref {
-				if v <= now {
+				if idle(v) <= now {
 					delete(ref, rk)
-				} else {
-					wantNext = min(wantNext, v)
 				}
 			}
-			if next != wantNext {
-				t.Fatalf("step %d: sweep next %d, want %d", step, next, wantNext)
-			}
 		}
-		if tb.n != len(ref) {
-			t.Fatalf("step %d: %d entries, want %d", step, tb.n, len(ref))
+		if tb.n != len(ref) || len(tb.heap)+tb.queue.n != len(ref) {
+			t.Fatalf("step %d: %d keys, %d order entries; want %d", step, tb.n, len(tb.heap)+tb.queue.n, len(ref))
 		}
 	}
 	for k, v := range ref {
-		if got, ok := tb.get(k); !ok || got != v {
-			t.Fatalf("final get(%d) = %d,%v; want %d", k, got, ok, v)
+		if i, ok := tb.find(k); !ok || [2]int64(tb.tats(i)) != v {
+			t.Fatalf("final find(%d) = %v; want %v", k, ok, v)
 		}
 	}
 }

@@ -105,6 +105,6 @@ func joinMemZone(poolKey string, maxKeys, nRates int, now func() int64) (*memSto
 		return nil, err
 	}
 	s := val.(*memStore)
-	s.configure(maxKeys, nRates)
+	s.configure(maxKeys)
 	return s, nil
 }
