@@ -485,3 +485,30 @@ func TestRedisClusterExact(t *testing.T) {
 		t.Fatalf("script calls per node %v: clients not spread over the masters", cl.CallsPerNode("evalsha"))
 	}
 }
+
+// TestRedisClusterMasterDown: with a master of the Cluster killed (lost
+// connections, then CLUSTERDOWN once the others notice), every request is
+// answered by Redis or by the policy, within the timeout, without a panic.
+func TestRedisClusterMasterDown(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	const timeout = 200 * time.Millisecond
+	z, _ := testRedisZone(t, cl.URLs(), Redis{Timeout: caddy.Duration(timeout)}, rate(1000, time.Second, 1000))
+	cl.Nodes[1].Kill()
+	outcomes := map[redisOutcome]int{}
+	out := make([]verdict, 1)
+	for deadline := time.Now().Add(3500 * time.Millisecond); time.Now().Before(deadline); {
+		for i := range 20 {
+			start := time.Now()
+			res, _ := z.take(context.Background(), "c"+strconv.Itoa(i), out)
+			if d := time.Since(start); d > timeout+time.Second {
+				t.Fatalf("a check took %v", d)
+			}
+			outcomes[res]++
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("outcomes %v", outcomes)
+	if outcomes[redisFallbackLocal] == 0 {
+		t.Fatal("no request fell back with a master down")
+	}
+}
