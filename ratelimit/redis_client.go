@@ -115,6 +115,11 @@ func (c *redisClient) fail(err error) {
 // failed, probes Redis until it answers, with a growing pause.
 func (c *redisClient) run() {
 	defer c.wg.Done()
+	defer func() {
+		if b := c.client.Load(); b != nil {
+			b.c.Close()
+		}
+	}()
 	pause := redisProbeMin
 	var lastErr string
 	for {
@@ -184,16 +189,17 @@ func (c *redisClient) waitReady(d time.Duration) {
 	}
 }
 
-// Destruct stops the prober and closes the connections; the pool calls it
-// when the last handler using these URLs is cleaned up.
+// Destruct stops the prober, which closes the connections as it exits; the
+// pool calls it when the last handler using these URLs is cleaned up. It
+// does not wait for a connection attempt in progress (at most the dial
+// timeout), so a reload is never held up by a dead Redis.
 func (c *redisClient) Destruct() error {
 	close(c.done)
-	c.wg.Wait()
-	if b := c.client.Load(); b != nil {
-		b.c.Close()
-	}
 	return nil
 }
+
+// wait waits until the prober has exited and closed the connections.
+func (c *redisClient) wait() { c.wg.Wait() }
 
 // joinRedisClient returns the pooled client of the resolved urls, creating
 // it (and its connector) when no handler uses them yet, and waits a moment

@@ -2,6 +2,8 @@ package ratelimit
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/http"
 
@@ -10,6 +12,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
+
+// maxRedisID is the longest key text used as is in Redis key names.
+const maxRedisID = 96
 
 // Fallback outcomes of the redis limiter, turned into responses by
 // redisFallback.
@@ -29,8 +34,15 @@ type redisLimiter struct {
 }
 
 func (s *redisLimiter) take(ctx context.Context, k key, limits []limit, out []verdict) (bool, error) {
-	var buf [64]byte
-	id := string(k.appendText(buf[:0]))
+	var buf [maxRedisID]byte
+	b := k.appendText(buf[:0])
+	if len(b) > maxRedisID {
+		// A long key (any header can be one) is named by its hash, so a
+		// client cannot make Redis store or the network carry its text.
+		sum := sha256.Sum256(b)
+		b = append(append(buf[:0], 'h', ':'), hex.EncodeToString(sum[:])...)
+	}
+	id := string(b)
 	res, ok := s.z.take(ctx, id, out)
 	switch res {
 	case redisFallbackLocal:

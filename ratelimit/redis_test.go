@@ -35,7 +35,7 @@ func testRedisZone(t testing.TB, urls []string, cfg Redis, rates ...Rate) (*redi
 		t.Fatal(err)
 	}
 	c := newRedisClient(opt, resolved, logger)
-	t.Cleanup(func() { _ = c.Destruct() })
+	t.Cleanup(func() { _ = c.Destruct(); c.wait() })
 	c.waitReady(5 * time.Second)
 	// On a loaded machine the first PING may miss its deadline: give a
 	// Redis that is up the time to be seen up.
@@ -510,5 +510,33 @@ func TestRedisClusterMasterDown(t *testing.T) {
 	t.Logf("outcomes %v", outcomes)
 	if outcomes[redisFallbackLocal] == 0 {
 		t.Fatal("no request fell back with a master down")
+	}
+}
+
+// TestRedisLongKeyHashed: a long key text is named in Redis by its hash,
+// and distinct long keys stay distinct.
+func TestRedisLongKeyHashed(t *testing.T) {
+	srv := redistest.Start(t)
+	z, _ := testRedisZone(t, []string{srv.URL()}, Redis{}, rate(1, time.Hour, 1))
+	rl := &redisLimiter{z: z, local: newMemStore(10, 1, nil)}
+	defer rl.local.Destruct()
+	long := strings.Repeat("x", 10_000)
+	out := make([]verdict, 1)
+	for _, text := range []string{long + "a", long + "b"} {
+		if ok, err := rl.take(context.Background(), key{kind: kindText, text: text}, nil, out); !ok || err != nil {
+			t.Fatalf("first request of a long key: %v %v", ok, err)
+		}
+	}
+	if ok, _ := rl.take(context.Background(), key{kind: kindText, text: long + "a"}, nil, out); ok {
+		t.Fatal("second request of a long key admitted")
+	}
+	keys := strings.Fields(srv.MustCli("KEYS", "*"))
+	if len(keys) != 2 {
+		t.Fatalf("keys %d, want 2", len(keys))
+	}
+	for _, k := range keys {
+		if len(k) > 200 {
+			t.Fatalf("Redis key of %d bytes", len(k))
+		}
 	}
 }
