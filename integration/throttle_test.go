@@ -649,6 +649,17 @@ func TestThrottleZoneWithTwoRatesRefused(t *testing.T) {
 	if code == 200 || !strings.Contains(body, `zone \"tworated\"`) || !strings.Contains(body, "different rates") {
 		t.Fatalf("load: %d %s; want an error naming the zone", code, body)
 	}
+	// The same in JSON, where Provision tells.
+	code, body = postLoad(t, "application/json", fmt.Sprintf(`{
+	"admin": {"listen": "localhost:%d"},
+	"apps": {"http": {"servers": {"srv0": {"listen": [":%d"], "routes": [
+		{"match": [{"path": ["/fast"]}], "handle": [{"handler": "throttle", "zone": "tworated-json", "rate": [{"events": 100, "period": "1s"}]}]},
+		{"match": [{"path": ["/slow"]}], "handle": [{"handler": "throttle", "zone": "tworated-json", "rate": [{"events": 1, "period": "1h"}]}]}
+	]}}}}
+}`, adminPort, httpPort))
+	if code == 200 || !strings.Contains(body, `zone \"tworated-json\"`) || !strings.Contains(body, "different rates") {
+		t.Fatalf("JSON load: %d %s; want an error naming the zone", code, body)
+	}
 	if resp, _ := do(t, tc, get(t, "/")); resp.Header.Get("X-Config") != "1" {
 		t.Fatal("running config replaced")
 	}

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -16,8 +17,62 @@ func init() {
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	t := new(Handler)
-	err := t.UnmarshalCaddyfile(h.Dispenser)
-	return t, err
+	if err := t.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	if t.Zone == "" {
+		return t, nil
+	}
+	// Every handler naming a zone must declare the same rates: a Caddyfile
+	// is one config, so `caddy adapt` can tell (Provision checks JSON).
+	zones, _ := h.State[zonesStateKey].(map[string]zoneSeen)
+	if zones == nil {
+		zones = make(map[string]zoneSeen)
+		h.State[zonesStateKey] = zones
+	}
+	h.Reset()
+	h.Next()
+	seen := zoneSeen{rates: withBurst(t.Rate), line: h.Line()}
+	prev, ok := zones[t.Zone]
+	if !ok {
+		zones[t.Zone] = seen
+		return t, nil
+	}
+	if ratesID(compileAll(prev.rates)) != ratesID(compileAll(seen.rates)) {
+		return nil, h.Errf("zone %q is declared with different rates (%s here; %s at line %d): every handler naming a zone must declare the same rates",
+			t.Zone, formatRates(seen.rates), formatRates(prev.rates), prev.line)
+	}
+	return t, nil
+}
+
+// zonesStateKey keeps, across one Caddyfile adaptation, the rates each zone
+// was first declared with.
+const zonesStateKey = "throttle.zones"
+
+type zoneSeen struct {
+	rates []Rate
+	line  int
+}
+
+// withBurst returns rates with the default burst filled in.
+func withBurst(rates []Rate) []Rate {
+	out := make([]Rate, len(rates))
+	for i, r := range rates {
+		if r.Burst == 0 {
+			r.Burst = r.Events
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// compileAll compiles rates that passed checkRate.
+func compileAll(rates []Rate) []limit {
+	out := make([]limit, len(rates))
+	for i, r := range rates {
+		out[i] = compile(r)
+	}
+	return out
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -85,6 +140,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Key = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+			if !utf8.ValidString(h.Key) {
+				// JSON would carry it changed: adapt and run must agree
+				return d.Errf("key %q is not valid UTF-8", h.Key)
 			}
 
 		case "zone":

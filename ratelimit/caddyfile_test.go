@@ -100,6 +100,16 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	}
 }
 
+// A key that is not UTF-8 (the lexer never makes one, other token sources
+// might) is refused: JSON would carry it changed.
+func TestUnmarshalCaddyfileKeyNotUTF8(t *testing.T) {
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens("throttle {\nrate 1/1s\nkey \x81\n}")))
+	if err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+		t.Fatalf("error %v, want not valid UTF-8", err)
+	}
+}
+
 // Errors name the line of the offending token.
 func TestUnmarshalCaddyfileErrorLine(t *testing.T) {
 	var h Handler

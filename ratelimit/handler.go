@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -147,8 +148,10 @@ type Handler struct {
 	exempt   []netip.Prefix
 	v4bits   int
 	v6bits   int
-	keyIsIP  bool // Key is empty or names the client IP
+	keyIsIP  bool   // Key is empty or names the client IP
+	keyVar   string // the placeholder Key is made of alone, if so
 	policy   string
+	bursts   []string // burst of each rate, as text
 	names    []string // quoted item names
 	zoneName string
 	zoneID   string // identity of the zone's state: name and rates, or an unnamed handler's fingerprint
@@ -218,6 +221,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	switch h.Key {
 	case "", "{client_ip}", "{http.vars.client_ip}":
 		h.keyIsIP = true
+	default:
+		h.keyVar = singlePlaceholder(h.Key)
 	}
 	for i := range h.Rate {
 		if h.Rate[i].Burst == 0 {
@@ -262,6 +267,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		policy[i] = h.names[i] + ";q=" + strconv.Itoa(r.Burst) + ";w=" + strconv.FormatInt(w, 10)
 	}
 	h.policy = strings.Join(policy, ", ")
+	h.bursts = make([]string, len(h.Rate))
+	for i, r := range h.Rate {
+		h.bursts[i] = strconv.Itoa(r.Burst)
+	}
 
 	if h.Zone != "" {
 		if err := declareZone(ctx, h.Zone, h.Rate, h.limits); err != nil {
@@ -423,13 +432,15 @@ var (
 	hdrReset     = http.CanonicalHeaderKey("X-RateLimit-Reset")
 )
 
-// setHeaders sets the rate-limit headers of the configured mode.
+// setHeaders sets the rate-limit headers of the configured mode. The values
+// of one response, and the bytes of the ones formatted per request, share
+// one allocation; each header gets a slice of its own, so a later handler
+// editing one in place touches nothing else.
 func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 	switch h.Headers {
 	case HeadersIETF:
-		hdr[hdrPolicy] = []string{h.policy}
-		var arr [96]byte
-		b := arr[:0]
+		hv := new(ietfValues)
+		b := hv.buf[:0]
 		for i, v := range out {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -440,7 +451,10 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 			b = append(b, ";t="...)
 			b = strconv.AppendInt(b, ceilSeconds(v.reset), 10)
 		}
-		hdr[hdrRateLimit] = []string{string(b)}
+		hv.v[0] = h.policy
+		hv.v[1] = bytesString(b, hv.buf[:])
+		hdr[hdrPolicy] = hv.v[0:1:1]
+		hdr[hdrRateLimit] = hv.v[1:2:2]
 	case HeadersLegacy:
 		j := 0
 		for i, v := range out {
@@ -448,10 +462,43 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 				j = i
 			}
 		}
-		hdr[hdrLimit] = []string{strconv.Itoa(h.Rate[j].Burst)}
-		hdr[hdrRemaining] = []string{strconv.FormatInt(out[j].remaining, 10)}
-		hdr[hdrReset] = []string{strconv.FormatInt(ceilSeconds(out[j].reset), 10)}
+		lv := new(legacyValues)
+		b := strconv.AppendInt(lv.buf[:0], out[j].remaining, 10)
+		n := len(b)
+		b = strconv.AppendInt(b, ceilSeconds(out[j].reset), 10)
+		lv.v[0] = h.bursts[j]
+		lv.v[1] = unsafe.String(&lv.buf[0], n)
+		lv.v[2] = unsafe.String(&lv.buf[n], len(b)-n)
+		hdr[hdrLimit] = lv.v[0:1:1]
+		hdr[hdrRemaining] = lv.v[1:2:2]
+		hdr[hdrReset] = lv.v[2:3:3]
 	}
+}
+
+// ietfValues are the IETF header values of one response, with room for the
+// bytes of the RateLimit value.
+type ietfValues struct {
+	v   [2]string
+	buf [64]byte
+}
+
+// legacyValues are the legacy header values of one response, with room for
+// two formatted int64s.
+type legacyValues struct {
+	v   [3]string
+	buf [40]byte
+}
+
+// bytesString returns b as a string without copying when b lies in buf,
+// which is never written again; else (b outgrew buf) as a copy.
+func bytesString(b, buf []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if unsafe.SliceData(b) == unsafe.SliceData(buf) {
+		return unsafe.String(&b[0], len(b))
+	}
+	return string(b)
 }
 
 // ceilSeconds rounds nanoseconds up to whole seconds.

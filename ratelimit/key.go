@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -79,7 +80,34 @@ func (h *Handler) key(r *http.Request, ip netip.Addr) key {
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
+	if h.keyVar != "" {
+		// One placeholder alone: its value, without building a string.
+		s, _ := repl.GetString(h.keyVar)
+		return h.keyOf(s, ip)
+	}
 	return h.keyOf(repl.ReplaceAll(h.Key, ""), ip)
+}
+
+// singlePlaceholder returns the name of the placeholder key is made of
+// alone ("{name}", nothing else), or "".
+func singlePlaceholder(key string) string {
+	if len(key) < 3 || key[0] != '{' || key[len(key)-1] != '}' {
+		return ""
+	}
+	name := key[1 : len(key)-1]
+	if strings.ContainsAny(name, "{}\\") {
+		return ""
+	}
+	return name
+}
+
+// mayBeAddr reports whether s could parse as an IP address: it starts like
+// one and holds a dot or a colon. It spares the allocation of a failed
+// parse for keys that are plainly not addresses.
+func mayBeAddr(s string) bool {
+	c := s[0]
+	start := c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == ':'
+	return start && strings.ContainsAny(s, ".:")
 }
 
 // keyOf returns the key of a request whose configured key resolved to s.
@@ -91,8 +119,10 @@ func (h *Handler) keyOf(s string, ip netip.Addr) key {
 		}
 		return h.mask(kindClient, ip)
 	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		return h.mask(kindAddr, a.Unmap().WithZone(""))
+	if mayBeAddr(s) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return h.mask(kindAddr, a.Unmap().WithZone(""))
+		}
 	}
 	return key{kind: kindText, text: s}
 }
