@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -538,5 +539,58 @@ func TestRedisLongKeyHashed(t *testing.T) {
 		if len(k) > 200 {
 			t.Fatalf("Redis key of %d bytes", len(k))
 		}
+	}
+}
+
+// TestRedisSentinel: a URL naming a Sentinel and a master set reaches the
+// master, and decisions are exact there.
+func TestRedisSentinel(t *testing.T) {
+	master := redistest.Start(t)
+	sentinel := redistest.StartSentinel(t, master, "mymaster")
+	z, _ := testRedisZone(t, []string{sentinel.URL() + "?master_set=mymaster"}, Redis{Timeout: caddy.Duration(5 * time.Second)},
+		rate(1, time.Hour, 10))
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			out := make([]verdict, 1)
+			if res, ok := z.take(context.Background(), "s", out); res != redisDecided {
+				t.Errorf("outcome %d", res)
+			} else if ok {
+				admitted.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if admitted.Load() != 10 {
+		t.Fatalf("admitted %d, want 10", admitted.Load())
+	}
+	if master.MustCli("DBSIZE") != "1" {
+		t.Fatal("the key is not on the master the Sentinel names")
+	}
+}
+
+// TestRedisTLS: rediss:// speaks TLS and verifies the server's certificate
+// (a self-signed one is refused unless skip_verify is given).
+func TestRedisTLS(t *testing.T) {
+	srv := redistest.StartTLS(t)
+	z, logs := testRedisZone(t, []string{srv.URL()}, Redis{}, rate(1, time.Hour, 2))
+	out := make([]verdict, 1)
+	if res, _ := z.take(context.Background(), "tls", out); res != redisFallbackLocal {
+		t.Fatalf("outcome %d with an untrusted certificate, want the local fallback", res)
+	}
+	if !strings.Contains(fmt.Sprint(logs.All()), "certificate") {
+		t.Errorf("the log does not say the certificate was refused: %v", logs.All())
+	}
+	z, _ = testRedisZone(t, []string{srv.URL() + "?skip_verify=true"}, Redis{}, rate(1, time.Hour, 2))
+	for i, want := range []bool{true, true, false} {
+		z.refused = newRefusalCache(10)
+		res, ok := z.take(context.Background(), "tls", out)
+		if res != redisDecided || ok != want {
+			t.Fatalf("request %d over TLS: outcome %d allowed %v", i, res, ok)
+		}
+	}
+	if srv.MustCli("DBSIZE") != "1" {
+		t.Fatal("no key written over TLS")
 	}
 }

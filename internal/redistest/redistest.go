@@ -10,6 +10,13 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -30,6 +37,8 @@ type Server struct {
 	Port int
 	dir  string
 	args []string
+
+	tls  bool
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -104,8 +113,14 @@ func (s *Server) start() error {
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 
-// URL is the server's redis:// URL, without credentials.
-func (s *Server) URL() string { return "redis://" + s.Addr() }
+// URL is the server's redis:// (or rediss:// for TLS) URL, without
+// credentials.
+func (s *Server) URL() string {
+	if s.tls {
+		return "rediss://" + s.Addr()
+	}
+	return "redis://" + s.Addr()
+}
 
 func (s *Server) process() *os.Process {
 	s.mu.Lock()
@@ -169,7 +184,11 @@ func (s *Server) Restart() {
 func (s *Server) Cli(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	full := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(s.Port)}, args...)
+	full := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(s.Port)}
+	if s.tls {
+		full = append(full, "--tls", "--insecure")
+	}
+	full = append(full, args...)
 	out, err := exec.CommandContext(ctx, "redis-cli", full...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
@@ -236,6 +255,98 @@ func portFree(p int) bool {
 	}
 	_ = l.Close()
 	return true
+}
+
+// StartTLS starts a redis-server that speaks only TLS, with a self-signed
+// certificate for 127.0.0.1 (clients are not asked for certificates).
+func StartTLS(t testing.TB) *Server {
+	t.Helper()
+	need(t)
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeSelfSigned(t, cert, key)
+	port := freePort(t)
+	var last error
+	for range 5 {
+		s := &Server{t: t, Port: port, dir: t.TempDir(), tls: true}
+		s.args = []string{"--port", "0", "--tls-port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+			"--tls-cert-file", cert, "--tls-key-file", key, "--tls-auth-clients", "no",
+			"--dir", s.dir, "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
+			"--logfile", filepath.Join(s.dir, "redis.log")}
+		if last = s.start(); last == nil {
+			t.Cleanup(s.Kill)
+			return s
+		}
+		port = freePort(t)
+	}
+	t.Fatalf("redis-server (TLS) did not start: %v", last)
+	return nil
+}
+
+// writeSelfSigned writes a self-signed certificate and key for 127.0.0.1.
+func writeSelfSigned(t testing.TB, certFile, keyFile string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// StartSentinel starts a Redis Sentinel monitoring master under the name
+// masterSet, and waits until it knows the master.
+func StartSentinel(t testing.TB, master *Server, masterSet string) *Server {
+	t.Helper()
+	need(t)
+	var last error
+	for range 5 {
+		s := &Server{t: t, Port: freePort(t), dir: t.TempDir()}
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		body := fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 5000\n",
+			masterSet, master.Port, masterSet)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.args = []string{conf, "--sentinel", "--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+			"--dir", s.dir, "--protected-mode", "no", "--daemonize", "no",
+			"--logfile", filepath.Join(s.dir, "redis.log")}
+		if last = s.start(); last == nil {
+			t.Cleanup(s.Kill)
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				out, _ := s.Cli("SENTINEL", "get-master-addr-by-name", masterSet)
+				if strings.Contains(out, strconv.Itoa(master.Port)) {
+					return s
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("sentinel does not know %s: %s", masterSet, out)
+				}
+			}
+		}
+	}
+	t.Fatalf("redis sentinel did not start: %v", last)
+	return nil
 }
 
 // Cluster is a Redis Cluster of masters without replicas.
