@@ -16,8 +16,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -38,7 +38,7 @@ type Server struct {
 	dir  string
 	args []string
 
-	tls  bool
+	tls bool
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -269,10 +269,12 @@ func StartTLS(t testing.TB) *Server {
 	var last error
 	for range 5 {
 		s := &Server{t: t, Port: port, dir: t.TempDir(), tls: true}
-		s.args = []string{"--port", "0", "--tls-port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+		s.args = []string{
+			"--port", "0", "--tls-port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
 			"--tls-cert-file", cert, "--tls-key-file", key, "--tls-auth-clients", "no",
 			"--dir", s.dir, "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
-			"--logfile", filepath.Join(s.dir, "redis.log")}
+			"--logfile", filepath.Join(s.dir, "redis.log"),
+		}
 		if last = s.start(); last == nil {
 			t.Cleanup(s.Kill)
 			return s
@@ -329,9 +331,11 @@ func StartSentinel(t testing.TB, master *Server, masterSet string) *Server {
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s.args = []string{conf, "--sentinel", "--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+		s.args = []string{
+			conf, "--sentinel", "--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
 			"--dir", s.dir, "--protected-mode", "no", "--daemonize", "no",
-			"--logfile", filepath.Join(s.dir, "redis.log")}
+			"--logfile", filepath.Join(s.dir, "redis.log"),
+		}
 		if last = s.start(); last == nil {
 			t.Cleanup(s.Kill)
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
