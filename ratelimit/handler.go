@@ -82,6 +82,11 @@ const (
 // Metrics (labelled by zone only): caddy_throttle_allowed_total,
 // caddy_throttle_refused_total and caddy_throttle_dry_run_total (requests
 // that would have been refused in dry-run mode).
+//
+// With a `redis` block the zone's state lives in Redis (see Redis): while
+// Redis is unavailable, `on_error deny` refuses requests with status 503
+// Service Unavailable and `Retry-After: 1`, and the caddy_throttle_redis_*
+// metrics count calls, errors, fallbacks and local refusals.
 type Handler struct {
 	// The rates to enforce; at least one. A request passes only when every
 	// rate admits it.
