@@ -482,7 +482,7 @@ func TestThrottleRedisDownAtStart(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Kill()
 	start := time.Now()
-	tc := gateway(t, "", fmt.Sprintf(`
+	tc := gateway(t, "metrics", fmt.Sprintf(`
 	throttle {
 		zone downatstart
 		rate 1/1h burst 3
@@ -498,6 +498,11 @@ func TestThrottleRedisDownAtStart(t *testing.T) {
 	r := send(t, client, siteURL("/"))
 	if r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("with Redis down: status %d, Retry-After %q; want 503 with Retry-After", r.status, r.header.Get("Retry-After"))
+	}
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
+	_, metrics := do(t, tc, req)
+	if want := `caddy_throttle_redis_fallbacks_total{policy="deny",zone="downatstart"} 1`; !strings.Contains(metrics, want) {
+		t.Errorf("metrics lack %s", want)
 	}
 	srv.Restart()
 	deadline := time.Now().Add(8 * time.Second)
@@ -632,5 +637,48 @@ func TestThrottleRedisMetrics(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+}
+
+// TestThrottleRedisReloadReusesConnections: a reload that keeps the URLs
+// keeps the Redis connections (no reconnect storm) and the zone's state.
+func TestThrottleRedisReloadReusesConnections(t *testing.T) {
+	srv := redistest.Start(t)
+	site := func(body string) string {
+		return fmt.Sprintf(`
+	throttle {
+		zone reload
+		rate 1/1h burst 3
+		redis %s
+	}
+	respond %q`, srv.URL(), body)
+	}
+	tc := gateway(t, "", site("one"))
+	do(t, tc, get(t, "/"))
+	// Connections the server accepted, this redis-cli's own included.
+	conns := func() int {
+		for _, l := range strings.Split(srv.MustCli("INFO", "stats"), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "total_connections_received:"); ok {
+				n, _ := strconv.Atoi(v)
+				return n
+			}
+		}
+		t.Fatal("no total_connections_received")
+		return 0
+	}
+	before := conns()
+	for _, body := range []string{"two", "three", "four"} {
+		tc = gateway(t, "", site(body))
+		resp, got := do(t, tc, get(t, "/"))
+		if body == "four" {
+			if resp.StatusCode != 429 {
+				t.Fatalf("fourth request: status %d, want 429 (state kept over reloads)", resp.StatusCode)
+			}
+		} else if got != body {
+			t.Fatalf("reload not applied: %q", got)
+		}
+	}
+	if after := conns(); after != before+1 {
+		t.Fatalf("connections received: %d before the reloads, %d after (one is redis-cli's): the client reconnected", before, after)
 	}
 }
