@@ -657,7 +657,7 @@ func TestThrottleRedisReloadReusesConnections(t *testing.T) {
 	do(t, tc, get(t, "/"))
 	// Connections the server accepted, this redis-cli's own included.
 	conns := func() int {
-		for _, l := range strings.Split(srv.MustCli("INFO", "stats"), "\n") {
+		for l := range strings.SplitSeq(srv.MustCli("INFO", "stats"), "\n") {
 			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "total_connections_received:"); ok {
 				n, _ := strconv.Atoi(v)
 				return n
