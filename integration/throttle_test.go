@@ -452,7 +452,8 @@ func postLoad(t *testing.T, contentType, body string) (int, string) {
 }
 
 // sweepers counts the goroutines of live in-memory zones (one sweeper
-// each); with want >= 0 it waits a little for stopped ones to exit.
+// each); with want >= 0 it waits a little for stopped ones to exit, until
+// at most want are left.
 func sweepers(t *testing.T, want int) int {
 	t.Helper()
 	var n int
@@ -460,7 +461,7 @@ func sweepers(t *testing.T, want int) int {
 		buf := make([]byte, 4<<20)
 		buf = buf[:runtime.Stack(buf, true)]
 		n = strings.Count(string(buf), "ratelimit.(*memStore).run(")
-		if want < 0 || n == want || time.Now().After(deadline) {
+		if want < 0 || n <= want || time.Now().After(deadline) {
 			return n
 		}
 	}
@@ -716,7 +717,7 @@ func TestThrottleFailedReloadLeaksNoZone(t *testing.T) {
 			t.Fatalf("load error %q does not say why", body)
 		}
 	}
-	if n := sweepers(t, base); n != base {
+	if n := sweepers(t, base); n > base {
 		t.Fatalf("%d zone sweepers after 5 failed reloads, %d before: zones leaked", n, base)
 	}
 	// The running config and its state are untouched.

@@ -169,6 +169,11 @@ func (s *memStore) take(_ context.Context, k key, limits []limit, out []verdict)
 	now := s.now()
 
 	sh.mu.Lock()
+	if t.n >= int(s.perShard.Load()) {
+		// Full: a new key will need the next victim's slot. Load it now,
+		// so that its cache miss overlaps the lookup's.
+		t.touchNext()
+	}
 	slot, found := t.find(h)
 	var tats []int64
 	if found {

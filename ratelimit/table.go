@@ -27,6 +27,8 @@ type table struct {
 	n      int     // keys held
 	queue  ring    // entries in non-decreasing idle order
 	heap   []entry // a min-heap by idle
+
+	touched int64 // keeps touchNext's load from being optimized away
 }
 
 // entry places a key in the idle order.
@@ -140,6 +142,20 @@ func (t *table) next() (slot int, idle int64, inHeap bool) {
 			t.enqueue(entry{idle: cur, k: e.k})
 		}
 	}
+}
+
+// touchNext loads the home slot of the least entry's key.
+func (t *table) touchNext() {
+	var k uint64
+	switch {
+	case t.queue.n > 0:
+		k = t.queue.front().k
+	case len(t.heap) > 0:
+		k = t.heap[0].k
+	default:
+		return
+	}
+	t.touched = t.words[(int(k)&t.mask)*t.stride]
 }
 
 // drop removes the least entry (from the heap or the queue).
