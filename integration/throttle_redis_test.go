@@ -648,13 +648,16 @@ func TestThrottleRedisReloadReusesConnections(t *testing.T) {
 		return fmt.Sprintf(`
 	throttle {
 		zone reload
+		key {header.X-Client}
 		rate 1/1h burst 3
 		redis %s
 	}
 	respond %q`, srv.URL(), body)
 	}
 	tc := gateway(t, "", site("one"))
-	do(t, tc, get(t, "/"))
+	// Concurrent requests open every connection the client pipelines on.
+	floodCount(t, []string{siteURL("")}, 32, func(i int) []string { return []string{"X-Client", "warm" + strconv.Itoa(i)} })
+	do(t, tc, get(t, "/", "X-Client", "a"))
 	// Connections the server accepted, this redis-cli's own included.
 	conns := func() int {
 		for l := range strings.SplitSeq(srv.MustCli("INFO", "stats"), "\n") {
@@ -669,7 +672,7 @@ func TestThrottleRedisReloadReusesConnections(t *testing.T) {
 	before := conns()
 	for _, body := range []string{"two", "three", "four"} {
 		tc = gateway(t, "", site(body))
-		resp, got := do(t, tc, get(t, "/"))
+		resp, got := do(t, tc, get(t, "/", "X-Client", "a"))
 		if body == "four" {
 			if resp.StatusCode != 429 {
 				t.Fatalf("fourth request: status %d, want 429 (state kept over reloads)", resp.StatusCode)
@@ -678,7 +681,9 @@ func TestThrottleRedisReloadReusesConnections(t *testing.T) {
 			t.Fatalf("reload not applied: %q", got)
 		}
 	}
-	if after := conns(); after != before+1 {
-		t.Fatalf("connections received: %d before the reloads, %d after (one is redis-cli's): the client reconnected", before, after)
+	// One new connection is redis-cli's; a client per config would add at
+	// least one per reload.
+	if after := conns(); after-before-1 >= 3 {
+		t.Fatalf("connections received: %d before three reloads, %d after (one is redis-cli's): the client reconnected", before, after)
 	}
 }
