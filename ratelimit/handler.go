@@ -30,8 +30,8 @@ func init() {
 // Defaults.
 const (
 	// DefaultMaxKeys is the default bound on the keys a zone keeps in
-	// memory. One key with one rate costs about 40 bytes, so a full zone
-	// takes about 4 MB.
+	// memory. One key with one rate costs about 60 bytes, so a full zone
+	// takes about 6 MB.
 	DefaultMaxKeys = 100_000
 
 	defaultIPv4Prefix = 32
