@@ -227,6 +227,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 
+		case "redis":
+			rc, err := unmarshalRedis(d)
+			if err != nil {
+				return err
+			}
+			h.Redis = rc
+
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}

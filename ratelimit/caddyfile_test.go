@@ -85,7 +85,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"duplicate zone", "throttle {\n rate 1/1s\n zone a\n zone b\n}", `duplicate subdirective "zone"`},
 		{"duplicate key", "throttle {\n rate 1/1s\n key a\n key b\n}", `duplicate subdirective "key"`},
 		{"duplicate headers", "throttle {\n rate 1/1s\n headers off\n headers ietf\n}", "duplicate"},
-		{"redis not yet", "throttle {\n rate 1/1s\n redis redis://localhost\n}", `unrecognized subdirective "redis"`},
+		{"redis policy", "throttle {\n rate 1/1s\n redis redis://localhost {\n on_error retry\n }\n}", `unknown on_error policy "retry"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

@@ -82,6 +82,11 @@ const (
 // Metrics (labelled by zone only): caddy_throttle_allowed_total,
 // caddy_throttle_refused_total and caddy_throttle_dry_run_total (requests
 // that would have been refused in dry-run mode).
+//
+// With a `redis` block the zone's state lives in Redis (see Redis): while
+// Redis is unavailable, `on_error deny` refuses requests with status 503
+// Service Unavailable and `Retry-After: 1`, and the caddy_throttle_redis_*
+// metrics count calls, errors, fallbacks and local refusals.
 type Handler struct {
 	// The rates to enforce; at least one. A request passes only when every
 	// rate admits it.
@@ -140,6 +145,10 @@ type Handler struct {
 	// `off`.
 	Headers string `json:"headers,omitempty"`
 
+	// Keep the zone's state in Redis, shared by every Caddy instance using
+	// the same Redis and zone. Default: in memory.
+	Redis *Redis `json:"redis,omitempty"`
+
 	limits   []limit
 	exempt   []netip.Prefix
 	v4bits   int
@@ -157,6 +166,8 @@ type Handler struct {
 	warned   *atomic.Bool
 	counters counters
 	logger   *zap.Logger
+	redis    *redisLimiter
+	redisKey string
 	now      func() int64 // clock of a new zone; nil for the monotonic clock (tests inject one)
 }
 
@@ -223,10 +234,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.Rate[i].Burst = h.Rate[i].Events
 		}
 	}
+	if h.Redis != nil {
+		h.Redis.provision()
+	}
 
 	// Nothing is shared or started before the configuration is known to
 	// be good (Caddy calls Validate only after Provision).
 	if err := h.Validate(); err != nil {
+		return err
+	}
+	if err := h.resolveRedis(); err != nil {
 		return err
 	}
 	var err error
@@ -288,6 +305,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.poolKey = h.zoneID
 	h.limiter = h.mem
+	if h.Redis != nil {
+		if err := h.joinRedis(ctx, h.mem); err != nil {
+			return err
+		}
+		h.limiter = h.redis
+	}
 	return nil
 }
 
@@ -313,11 +336,17 @@ func (h *Handler) Validate() error {
 	if h.MaxKeys < 1 {
 		return fmt.Errorf("max_keys must be at least 1, got %d", h.MaxKeys)
 	}
+	if h.Redis != nil {
+		if err := h.Redis.check(h.Zone); err != nil {
+			return err
+		}
+	}
 	return checkHeaders(h.Headers)
 }
 
 // Cleanup releases the handler's use of its zone.
 func (h *Handler) Cleanup() error {
+	_ = h.cleanupRedis()
 	if h.poolKey == "" {
 		return nil
 	}
@@ -340,7 +369,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		allowed bool
 		err     error
 	)
-	if h.mem != nil && len(h.limits) <= len(buf) {
+	if h.redis != nil && len(h.limits) <= len(buf) {
+		out = buf[:len(h.limits)]
+		allowed, err = h.redis.take(r.Context(), k, h.limits, out)
+	} else if h.mem != nil && len(h.limits) <= len(buf) {
 		// A direct call keeps out on the stack.
 		out = buf[:len(h.limits)]
 		allowed, err = h.mem.take(r.Context(), k, h.limits, out)
@@ -350,6 +382,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		out = heap
 	}
 	if err != nil {
+		if handled, herr := h.redisFallback(w, r, next, err); handled {
+			return herr
+		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	h.setHeaders(w.Header(), out)

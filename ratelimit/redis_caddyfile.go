@@ -1,0 +1,74 @@
+package ratelimit
+
+import (
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// unmarshalRedis parses the redis block of throttle, the dispenser at the
+// `redis` token:
+//
+//	redis <url...> {
+//		on_error  local|allow|deny
+//		timeout   <duration>
+//		prefix    <string>
+//	}
+//
+// It only fills fields; URLs without placeholders are checked for their
+// form (nothing is contacted), placeholders are expanded at load.
+func unmarshalRedis(d *caddyfile.Dispenser) (*Redis, error) {
+	rc := new(Redis)
+	rc.URLs = d.RemainingArgs()
+	if len(rc.URLs) == 0 {
+		return nil, d.Errf("redis: at least one URL is required, e.g. redis://localhost:6379")
+	}
+	for _, u := range rc.URLs {
+		if strings.Contains(u, "{") {
+			continue // a placeholder, expanded at load
+		}
+		if err := checkRedisURL(u); err != nil {
+			return nil, d.Err(err.Error())
+		}
+		if _, err := redisOptions([]string{u}); err != nil {
+			return nil, d.Err(err.Error())
+		}
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return nil, d.Errf("redis: duplicate subdirective %q", name)
+		}
+		seen[name] = true
+		if !d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		val := d.Val()
+		switch name {
+		case "on_error":
+			if err := checkOnError(val); err != nil {
+				return nil, d.Err(err.Error())
+			}
+			rc.OnError = val
+		case "timeout":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("redis: timeout must be a positive duration, e.g. 100ms, got %q", val)
+			}
+			rc.Timeout = caddy.Duration(dur)
+		case "prefix":
+			if strings.ContainsAny(val, "{}") {
+				return nil, d.Errf("redis: prefix %q must not contain braces (they would move the Cluster hash tag)", val)
+			}
+			rc.Prefix = val
+		default:
+			return nil, d.Errf("redis: unrecognized subdirective %q", name)
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	return rc, nil
+}

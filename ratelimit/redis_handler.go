@@ -1,0 +1,126 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+
+	"github.com/redis/rueidis"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// maxRedisID is the longest key text used as is in Redis key names.
+const maxRedisID = 96
+
+// Fallback outcomes of the redis limiter, turned into responses by
+// redisFallback.
+var (
+	errRedisAllow = errors.New("redis unavailable: request allowed by on_error allow")
+	errRedisDeny  = errors.New("redis unavailable: request refused by on_error deny")
+)
+
+// redisLimiter is the limiter of a zone on Redis: it decides in Redis, and
+// when Redis cannot answer by the on_error policy: in memory (local), or
+// by returning errRedisAllow / errRedisDeny.
+type redisLimiter struct {
+	urls  []string // resolved
+	opt   rueidis.ClientOption
+	z     *redisZone
+	local *memStore
+}
+
+func (s *redisLimiter) take(ctx context.Context, k key, limits []limit, out []verdict) (bool, error) {
+	var buf [maxRedisID]byte
+	b := k.appendText(buf[:0])
+	if len(b) > maxRedisID {
+		// A long key (any header can be one) is named by its hash, so a
+		// client cannot make Redis store or the network carry its text.
+		sum := sha256.Sum256(b)
+		b = append(append(buf[:0], 'h', ':'), hex.EncodeToString(sum[:])...)
+	}
+	id := string(b)
+	res, ok := s.z.take(ctx, id, out)
+	switch res {
+	case redisFallbackLocal:
+		return s.local.take(ctx, k, limits, out)
+	case redisFallbackAllow:
+		return true, errRedisAllow
+	case redisFallbackDeny:
+		return false, errRedisDeny
+	case redisDecided:
+	}
+	return ok, nil
+}
+
+// resolveRedis expands and checks the URLs of the redis block, before the
+// handler joins any shared state.
+func (h *Handler) resolveRedis() error {
+	if h.Redis == nil {
+		return nil
+	}
+	urls, opt, err := h.Redis.resolve(caddy.NewReplacer())
+	if err != nil {
+		return err
+	}
+	h.redis = &redisLimiter{urls: urls, opt: opt}
+	return nil
+}
+
+// joinRedis joins the pooled client of the resolved URLs and sets up the
+// limiter, with mem (the zone's in-memory state) for on_error local.
+func (h *Handler) joinRedis(ctx caddy.Context, mem *memStore) error {
+	rl := h.redis
+	c, key, err := joinRedisClient(rl.opt, rl.urls, h.logger)
+	if err != nil {
+		return err
+	}
+	h.redisKey = key
+	// A named zone is named in Redis by its name (its rates are in every
+	// key); an unnamed one by its handler's configuration, the same on
+	// every instance loading the same config.
+	id := h.Zone
+	if id == "" {
+		id = h.zoneID
+	}
+	rl.z, err = newRedisZone(redisZoneConfig{
+		client: c, cfg: h.Redis, zoneID: id, zone: h.zoneName, rates: h.Rate,
+		maxKeys: h.MaxKeys, reg: ctx.GetMetricsRegistry(), logger: h.logger,
+	})
+	if err != nil {
+		return err
+	}
+	rl.local = mem
+	return nil
+}
+
+// cleanupRedis releases the handler's use of its Redis client.
+func (h *Handler) cleanupRedis() error {
+	if h.redisKey == "" {
+		return nil
+	}
+	_, err := redisClients.Delete(h.redisKey)
+	h.redisKey = ""
+	return err
+}
+
+// redisFallback answers a request whose limiter returned err, when err is
+// an on_error outcome; handled is false for any other error.
+func (h *Handler) redisFallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, err error) (handled bool, _ error) {
+	switch {
+	case errors.Is(err, errRedisAllow):
+		h.counters.allowed.Inc()
+		return true, next.ServeHTTP(w, r)
+	case errors.Is(err, errRedisDeny):
+		if h.DryRun {
+			h.counters.dryRun.Inc()
+			return true, next.ServeHTTP(w, r)
+		}
+		w.Header().Set("Retry-After", "1")
+		return true, caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	return false, nil
+}
