@@ -108,30 +108,7 @@ func TestE2EExampleAdaptValidateFmt(t *testing.T) {
 // TestE2EExampleRun runs Caddyfile.example with the real binary and sends
 // real requests through the gateway on localhost:8080.
 func TestE2EExampleRun(t *testing.T) {
-	bin := caddyBinary(t)
-	home := t.TempDir()
-	cmd := exec.CommandContext(context.Background(), bin, "run", "--config", "Caddyfile.example", "--adapter", "caddyfile")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
-	var logs lockedBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("caddy output:\n%s", logs.String())
-		}
-	})
+	logs := startBinary(t, "..", nil, "run", "--config", "Caddyfile.example", "--adapter", "caddyfile").logs
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	var resp *http.Response
@@ -231,6 +208,54 @@ func accessLog(out string) []map[string]any {
 		}
 	}
 	return entries
+}
+
+// caddyRun is a caddy binary process started by startBinary.
+type caddyRun struct {
+	cmd  *exec.Cmd
+	logs *lockedBuffer // its stdout and stderr
+	done chan struct{} // closed when it has exited; err is then set
+	err  error
+}
+
+// startBinary runs the caddy binary under test with args (in dir, unless
+// empty), its HOME and XDG_* directories in a temp dir and env added, until
+// the test ends: then it is interrupted (killed after 10s), and its output
+// is logged if the test failed.
+func startBinary(t *testing.T, dir string, env []string, args ...string) *caddyRun {
+	t.Helper()
+	bin := caddyBinary(t)
+	home := t.TempDir()
+	cmd := exec.CommandContext(context.Background(), bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home), env...)
+	p := &caddyRun{cmd: cmd, logs: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("caddy output (last 8 KiB):\n%s", tail(p.logs.String(), 8<<10))
+		}
+	})
+	return p
+}
+
+// tail is the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
 
 // lockedBuffer is a bytes.Buffer that a running process writes while the

@@ -33,42 +33,12 @@ type caddyProcess struct {
 // startCaddy runs the binary on the given Caddyfile until the test ends.
 func startCaddy(t *testing.T, caddyfile string) *caddyProcess {
 	t.Helper()
-	bin := caddyBinary(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "Caddyfile")
+	cfg := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(cfg, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(context.Background(), bin, "run", "--config", cfg, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
-	p := &caddyProcess{logs: &lockedBuffer{}}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = cmd.Process.Pid
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("caddy output (last 4 KiB):\n%s", tail(p.logs.String(), 4<<10))
-		}
-	})
-	return p
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
+	run := startBinary(t, "", nil, "run", "--config", cfg, "--adapter", "caddyfile")
+	return &caddyProcess{logs: run.logs, pid: run.cmd.Process.Pid}
 }
 
 // adminClient opens a connection per request: Caddy replaces its admin

@@ -1,13 +1,11 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -27,9 +25,8 @@ import (
 
 // binaryCaddy runs the caddy binary on a free port with the site body, and
 // returns the site's base URL and its log. env adds environment variables.
-func binaryCaddy(t *testing.T, siteBody string, env ...string) (string, *syncBuffer) {
+func binaryCaddy(t *testing.T, siteBody string, env ...string) (string, *lockedBuffer) {
 	t.Helper()
-	bin := caddyBinary(t)
 	port, readyPort := freePort(), freePort()
 	dir := t.TempDir()
 	// A second site answers readiness checks, so that they do not count
@@ -39,27 +36,7 @@ func binaryCaddy(t *testing.T, siteBody string, env ...string) (string, *syncBuf
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(context.Background(), bin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), append([]string{"HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "XDG_DATA_HOME=" + dir}, env...)...)
-	logs := new(syncBuffer)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("caddy binary output:\n%s", logs.String())
-		}
-	})
+	logs := startBinary(t, "", env, "run", "--config", path, "--adapter", "caddyfile").logs
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/", readyPort), nil)
@@ -72,25 +49,6 @@ func binaryCaddy(t *testing.T, siteBody string, env ...string) (string, *syncBuf
 			t.Fatalf("caddy binary did not serve: %v\n%s", err, logs.String())
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writing while a test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // result is what one request got.

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -500,7 +499,6 @@ func TestThrottleExemptPrivateRanges(t *testing.T) {
 
 // The same config through the real binary: `caddy validate` and `caddy run`.
 func TestThrottleExemptPrivateRangesBinary(t *testing.T) {
-	bin := caddyBinary(t)
 	dir := t.TempDir()
 	port := freePort()
 	cfg := filepath.Join(dir, "Caddyfile")
@@ -519,35 +517,13 @@ http://localhost:%d {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	validate := exec.CommandContext(ctx, bin, "validate", "--config", cfg, "--adapter", "caddyfile")
-	validate.Env = env
-	if out, err := validate.CombinedOutput(); err != nil || !strings.Contains(string(out), "Valid configuration") {
+	if out, err := runCaddy(t, "validate", "--config", cfg, "--adapter", "caddyfile"); err != nil || !strings.Contains(out, "Valid configuration") {
 		t.Fatalf("caddy validate: %v\n%s", err, out)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 
-	run := exec.CommandContext(ctx, bin, "run", "--config", cfg, "--adapter", "caddyfile")
-	run.Env = env
-	var logs strings.Builder
-	var mu sync.Mutex
-	run.Stdout = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logs.Write(b) })
-	run.Stderr = run.Stdout
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- run.Wait() }()
-	defer func() {
-		_ = run.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = run.Process.Kill()
-			<-exited
-		}
-	}()
+	run := startBinary(t, "", nil, "run", "--config", cfg, "--adapter", "caddyfile")
 	client := &http.Client{Timeout: 5 * time.Second}
 	url := fmt.Sprintf("http://localhost:%d/", port)
 	// get returns the status and RateLimit header of one GET.
@@ -567,10 +543,8 @@ http://localhost:%d {
 	)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		select {
-		case err := <-exited:
-			mu.Lock()
-			defer mu.Unlock()
-			t.Fatalf("caddy run exited: %v\n%s", err, logs.String())
+		case <-run.done:
+			t.Fatalf("caddy run exited: %v\n%s", run.err, run.logs.String())
 		default:
 		}
 		status, rateLimit, err = get()
@@ -592,10 +566,6 @@ http://localhost:%d {
 		}
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // A configured key whose text is the client's address shares nothing with
 // the client-IP fallback: one request from anyone sending X-Api-Key:
