@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -107,21 +106,8 @@ func TestAggregateTraceContextThroughCaddy(t *testing.T) {
 // prefix.
 func scrape(t *testing.T, prefix string) []string {
 	t.Helper()
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for line := range strings.SplitSeq(string(b), "\n") {
+	for line := range strings.SplitSeq(metricsText(t), "\n") {
 		if strings.HasPrefix(line, prefix) {
 			out = append(out, line)
 		}

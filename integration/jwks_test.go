@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -411,17 +410,7 @@ func TestJWTMetrics(t *testing.T) {
 	waitStatus(t, tc.Client, tok, 200)
 	do(t, tc, get(t, "/", "Authorization", bearer(tok)))
 	do(t, tc, get(t, "/"))
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(body)
+	text := metricsText(t)
 	for _, want := range []string{
 		`caddy_jwt_auth_verifications_total{result="ok"}`,
 		`caddy_jwt_auth_verifications_total{result="no_token"}`,

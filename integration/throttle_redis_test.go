@@ -457,8 +457,7 @@ func TestThrottleRedisDownAtStart(t *testing.T) {
 	if r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("with Redis down: status %d, Retry-After %q; want 503 with Retry-After", r.status, r.header.Get("Retry-After"))
 	}
-	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	_, metrics := do(t, tc, req)
+	metrics := metricsText(t)
 	if want := `caddy_throttle_redis_fallbacks_total{policy="deny",zone="downatstart"} 1`; !strings.Contains(metrics, want) {
 		t.Errorf("metrics lack %s", want)
 	}
@@ -578,13 +577,7 @@ func TestThrottleRedisMetrics(t *testing.T) {
 	for range 3 {
 		do(t, tc, get(t, "/"))
 	}
-	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	resp, err := tc.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b := metricsText(t)
 	for _, want := range []string{
 		`caddy_throttle_redis_calls_total{zone="redismetrics"} 2`,
 		`caddy_throttle_redis_local_refusals_total{zone="redismetrics"} 1`,
@@ -592,7 +585,7 @@ func TestThrottleRedisMetrics(t *testing.T) {
 		`caddy_throttle_allowed_total{zone="redismetrics"} 1`,
 		`caddy_throttle_refused_total{zone="redismetrics"} 2`,
 	} {
-		if !strings.Contains(string(b), want) {
+		if !strings.Contains(b, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}

@@ -301,21 +301,12 @@ func TestThrottleMetrics(t *testing.T) {
 	respond "ok"`)
 	do(t, tc, get(t, "/"))
 	do(t, tc, get(t, "/"))
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := tc.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b := metricsText(t)
 	for _, want := range []string{
 		`caddy_throttle_allowed_total{zone="metrics"} 1`,
 		`caddy_throttle_refused_total{zone="metrics"} 1`,
 	} {
-		if !strings.Contains(string(b), want) {
+		if !strings.Contains(b, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
@@ -431,23 +422,7 @@ func TestThrottleZoneSharing(t *testing.T) {
 // on a refused config; these tests want the refusal).
 func loadCaddyfile(t *testing.T, extraGlobal, siteBody string) (int, string) {
 	t.Helper()
-	return postLoad(t, "text/caddyfile", caddyfile(extraGlobal, siteBody))
-}
-
-func postLoad(t *testing.T, contentType, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, fmt.Sprintf("http://localhost:%d/load", adminPort), strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", contentType)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return adminPost(t, "/load", "text/caddyfile", caddyfile(extraGlobal, siteBody))
 }
 
 // sweepers counts the goroutines of live in-memory zones (one sweeper
@@ -631,7 +606,7 @@ func TestThrottleZoneWithTwoRatesRefused(t *testing.T) {
 		t.Fatalf("load: %d %s; want an error naming the zone", code, body)
 	}
 	// The same in JSON, where Provision tells.
-	code, body = postLoad(t, "application/json", fmt.Sprintf(`{
+	code, body = adminPost(t, "/load", "application/json", fmt.Sprintf(`{
 	"admin": {"listen": "localhost:%d"},
 	"apps": {"http": {"servers": {"srv0": {"listen": [":%d"], "routes": [
 		{"match": [{"path": ["/fast"]}], "handle": [{"handler": "throttle", "zone": "tworated-json", "rate": [{"events": 100, "period": "1s"}]}]},
@@ -689,7 +664,7 @@ func TestThrottleFailedReloadLeaksNoZone(t *testing.T) {
 		{"handler": "throttle", "zone": "failed-reload-bad", "rate": []}
 	]}]}}}}
 }`, adminPort, httpPort, i)
-		code, body := postLoad(t, "application/json", cfg)
+		code, body := adminPost(t, "/load", "application/json", cfg)
 		if code == 200 {
 			t.Fatal("a config with a throttle without rates loaded")
 		}
