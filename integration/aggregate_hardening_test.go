@@ -239,7 +239,7 @@ func TestAggregateConnectRespectsBudget(t *testing.T) {
 	} {
 		wg.Go(func() {
 			start := time.Now()
-			resp, err := tc.Client.Do(get(t, path))
+			resp, err := sendRetrying(tc.Client, get(t, path))
 			if err != nil {
 				t.Errorf("%s: %v", path, err)
 				return

@@ -746,7 +746,7 @@ func TestAggregateLatencyThroughCaddy(t *testing.T) {
 		for i := range n + 50 {
 			req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
 			start := time.Now()
-			resp, err := tc.Client.Do(req)
+			resp, err := sendRetrying(tc.Client, req)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -119,15 +119,7 @@ func siteURL(path string) string {
 // body.
 func do(t *testing.T, tc *caddytest.Tester, req *http.Request) (*http.Response, string) {
 	t.Helper()
-	resp, err := tc.Client.Do(req)
-	// Right after a config load the old server, sharing the listener, may
-	// accept a connection and reset it while it shuts down: the request
-	// never reached a handler, so a body-less request is sent again.
-	for try := 0; err != nil && req.Body == nil && try < 3 &&
-		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)); try++ {
-		time.Sleep(50 * time.Millisecond)
-		resp, err = tc.Client.Do(req)
-	}
+	resp, err := sendRetrying(tc.Client, req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
@@ -137,6 +129,20 @@ func do(t *testing.T, tc *caddytest.Tester, req *http.Request) (*http.Response, 
 		t.Fatalf("reading body: %v", err)
 	}
 	return resp, string(body)
+}
+
+// sendRetrying sends req with client. Right after a config load the old
+// server, sharing the listener, may accept a connection and reset it while
+// it shuts down: the request never reached a handler, so a body-less
+// request is sent again (up to three times).
+func sendRetrying(client *http.Client, req *http.Request) (*http.Response, error) {
+	resp, err := client.Do(req)
+	for try := 0; err != nil && req.Body == nil && try < 3 &&
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)); try++ {
+		time.Sleep(50 * time.Millisecond)
+		resp, err = client.Do(req)
+	}
+	return resp, err
 }
 
 // get builds a GET request for path on the test site with the given header

@@ -289,13 +289,16 @@ func TestJWKSUnknownKidsBoundedFetches(t *testing.T) {
 			defer func() { <-sem }()
 			k := signingKey{kid: "random-" + strconv.Itoa(i), method: jwt.SigningMethodES256, priv: attacker}
 			req := get(t, "/", "Authorization", bearer(k.sign(t, claims(nil))))
-			resp, err := tc.Client.Do(req)
+			resp, err := sendRetrying(tc.Client, req)
 			if err != nil {
+				t.Errorf("request %d: %v", i, err)
 				return
 			}
 			resp.Body.Close()
 			if resp.StatusCode == 401 {
 				refused.Add(1)
+			} else {
+				t.Errorf("request %d: status %d, want 401", i, resp.StatusCode)
 			}
 		}(i)
 	}

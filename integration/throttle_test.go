@@ -36,7 +36,7 @@ func TestThrottleConcurrentBurst(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 100 {
 		wg.Go(func() {
-			resp, err := tc.Client.Do(get(t, "/"))
+			resp, err := sendRetrying(tc.Client, get(t, "/"))
 			if err != nil {
 				t.Error(err)
 				return
