@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test of caddy-gateway on a fresh machine: formatting, go vet,
-# the unit and adapt tests, the in-process Caddy integration tests, and the
-# end-to-end tests against a caddy binary built with xcaddy. Installs or
-# starts whatever the tests need.
+# Runs every test of caddy-gateway on a fresh machine: formatting, go vet and
+# golangci-lint, the unit and adapt tests, the in-process Caddy integration
+# tests, and the end-to-end tests against a caddy binary built with xcaddy,
+# then every fuzz target briefly. Installs or starts whatever the tests need.
+#
+# Independent steps overlap to keep a fresh machine's run short: installing
+# packages, linting and building caddy run side by side, and the integration
+# package (one in-process Caddy on fixed ports, so its tests stay serial)
+# runs beside the other packages. Each background step writes its own log,
+# printed when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,13 +16,35 @@ export PATH="/usr/local/go/bin:$PATH"
 
 # Caddy writes under $HOME/.config/caddy: keep every run's state in a temp dir.
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
 export HOME="$tmp/home" XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_CACHE_HOME="${XDG_CACHE_HOME:-$tmp/cache}"
 export GOCACHE="${GOCACHE:-$(go env GOCACHE)}" GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"
 mkdir -p "$HOME"
 
-echo "== install what the tests need (redis-server, redis-cli, chromium)"
-bash scripts/deps.sh
+# step NAME CMD...: runs CMD in the background, its output in $tmp/NAME.log.
+step() {
+  local name=$1
+  shift
+  echo "== start: $name"
+  ( set +e; "$@" >"$tmp/$name.log" 2>&1; echo $? >"$tmp/$name.rc" ) &
+  pids+=($!)
+}
+# finish NAME: waits for step NAME, prints its log, fails the run if it failed.
+finish() {
+  local name=$1
+  while [ ! -f "$tmp/$name.rc" ]; do sleep 1; done
+  echo "== $name (exit $(cat "$tmp/$name.rc"))"
+  cat "$tmp/$name.log"
+  if [ "$(cat "$tmp/$name.rc")" != 0 ]; then
+    echo "FAILED: $name"
+    exit 1
+  fi
+}
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -25,17 +53,24 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 
-echo "== go vet and golangci-lint (pinned)"
-bash scripts/lint.sh
+go mod download
+step deps bash scripts/deps.sh # redis-server, redis-cli, chromium
+step lint bash scripts/lint.sh # go vet, then golangci-lint (pinned)
 
 echo "== build caddy with xcaddy"
 bin="$tmp/caddy"
 make --no-print-directory build BIN="$bin"
 export CADDY_BIN="$bin"
+finish deps
 
 echo "== go test -race"
-# -p 1: the integration package runs one in-process Caddy; keep packages serial.
-go test -race -count=1 -p 1 -timeout 30m ./...
+# The integration package runs one in-process Caddy on fixed ports: it is one
+# test binary, run beside the other packages.
+step integration go test -race -count=1 -timeout 30m ./integration/
+others=$(go list ./... | grep -v '/integration$')
+go test -race -count=1 -timeout 20m $others
+finish lint
+finish integration
 
 echo "== fuzz targets (${FUZZTIME:-3s} each)"
 bash scripts/fuzz.sh
