@@ -23,14 +23,21 @@ test:
 lint:
 	bash scripts/lint.sh
 
+# Every package with a Go benchmark (found, so that a new package's
+# benchmarks run without editing this list).
+BENCH_PKGS     = $(sort $(dir $(shell grep -rl --include='*_test.go' '^func Benchmark' .)))
+
 bench:
-	go test -run '^$$' -bench . -benchmem ./jwtauth/... ./ratelimit/... ./aggregate/... ./cors/...
+	go test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
 
 fuzz:
 	FUZZTIME=$${FUZZTIME:-60s} bash scripts/fuzz.sh
 
+# Builds the tree into a temporary binary (or uses CADDY_BIN) and prints
+# the load table; LOAD_FLAGS go to internal/loadtest (-n, -rounds, -only,
+# -pprof DIR, ...).
 load:
-	bash scripts/load.sh
+	bash scripts/load.sh $(LOAD_FLAGS)
 
 clean:
 	rm -rf bin

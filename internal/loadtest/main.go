@@ -1,21 +1,30 @@
 // Command loadtest measures what the gateway's directives cost, through a
 // real caddy binary, on loopback only, with bounded load. It starts
-// upstreams in this process, one caddy with a site per scenario, and (when
-// redis-server is installed) a Redis on a free port; then it sends the same
-// number of requests to every scenario in alternating rounds and prints, per
-// scenario, throughput, p50/p99 latency, the caddy process's CPU time per
-// request (utime+stime from /proc), and each against the baseline of the
-// same run.
+// upstreams in this process, one caddy with a site per scenario (the table
+// in scenarios.go), and (when redis-server is installed) a Redis on a free
+// port; then it sends the same number of keep-alive requests to every
+// scenario in alternating rounds, after a warm-up, and prints one table:
+// per scenario, throughput, p50/p99 latency, the caddy process's CPU time
+// per request (utime+stime from /proc), the heap objects and bytes the
+// caddy process allocates per request (its own memstats Mallocs and
+// TotalAlloc, read from /debug/vars on its admin endpoint), and each
+// against its baseline of the same run, with the allocation budget it is
+// held to.
 //
-// Every scenario, the baseline included, gets the same request: GET with
-// the same Authorization header (an RS256 token), so a ratio measures the
-// gateway's work alone, not a bigger request.
+// A scenario and its baseline send the same request (the same
+// Authorization, Origin or other header), so a delta measures the
+// directive's work alone, not a bigger request.
 //
-//	go run ./internal/loadtest -caddy bin/caddy -n 5000 -c 16 -rounds 3
+//	go run ./internal/loadtest -caddy bin/caddy -n 5000 -c 16 -rounds 4
+//
+// With -pprof DIR, each scenario then gets another n requests between two
+// /debug/pprof/allocs snapshots, saved as DIR/<scenario>.before.pb.gz and
+// .after.pb.gz for `go tool pprof -sample_index=alloc_objects -diff_base`;
+// -memprofilerate 1 makes those profiles exact (and every figure of the
+// table slower).
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -41,38 +50,39 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
+type options struct {
+	caddyBin       string
+	n, conc        int
+	rounds         int
+	only           string
+	pprofDir       string
+	memProfileRate int
+}
+
 func main() {
-	caddyBin := flag.String("caddy", "bin/caddy", "caddy binary built with the gateway")
-	n := flag.Int("n", 5000, "requests per scenario per round")
-	conc := flag.Int("c", 16, "concurrent clients")
-	rounds := flag.Int("rounds", 3, "alternating rounds")
+	var o options
+	flag.StringVar(&o.caddyBin, "caddy", "bin/caddy", "caddy binary built with the gateway")
+	flag.IntVar(&o.n, "n", 5000, "requests per scenario per round")
+	flag.IntVar(&o.conc, "c", 16, "concurrent clients")
+	flag.IntVar(&o.rounds, "rounds", 4, "alternating rounds")
 	limit := flag.Duration("timeout", 5*time.Minute, "hard limit for the whole run")
-	only := flag.String("only", "", "comma-separated scenario names to run (the baseline always runs)")
+	flag.StringVar(&o.only, "only", "", "comma-separated scenario names to run (with their baselines; the first baseline always runs)")
+	flag.StringVar(&o.pprofDir, "pprof", "", "directory for /debug/pprof/allocs snapshots around n more requests per scenario")
+	flag.IntVar(&o.memProfileRate, "memprofilerate", 0, "caddy's runtime.MemProfileRate (GODEBUG memprofilerate; 1 = every allocation; slows every figure)")
 	flag.Parse()
+	if o.n < 1 || o.conc < 1 || o.rounds < 1 {
+		fmt.Fprintln(os.Stderr, "loadtest: -n, -c and -rounds must be at least 1")
+		os.Exit(2)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *limit)
 	defer cancel()
-	if err := run(ctx, *caddyBin, *n, *conc, *rounds, *only); err != nil {
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-// scenario is one site of the caddy under test.
-type scenario struct {
-	name    string
-	about   string
-	site    string // directives of the site, before its terminal handler
-	against string // name of the scenario it is compared with
-	addr    string
-	res     []result
-	cpu     time.Duration // caddy CPU time spent while this scenario ran
-	redis   *redisServer  // calls per request are reported when set
-	calls   int64
-	rcpu    time.Duration // redis-server CPU time while this scenario ran
-	skip    string
-}
-
-func run(ctx context.Context, caddyBin string, n, conc, rounds int, only string) error {
+func run(ctx context.Context, o options) error {
 	dir, err := os.MkdirTemp("", "caddy-gateway-load-")
 	if err != nil {
 		return err
@@ -84,89 +94,42 @@ func run(ctx context.Context, caddyBin string, n, conc, rounds int, only string)
 		return err
 	}
 	defer up.Close()
-	upAddr := up.Addr
-
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
+	e := &env{dir: dir, upstream: up.Addr}
+	if e.pubFile, e.token, err = rs256Token(dir); err != nil {
 		return err
 	}
-	pubDER, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		return err
-	}
-	pubFile := filepath.Join(dir, "rs256.pem")
-	if err := os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
-		return err
-	}
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-		"sub": "load-user", "role": "admin", "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix(),
-	}).SignedString(key)
-	if err != nil {
-		return err
-	}
-
-	throttle := "throttle {\n\t\trate 1000000/1s burst 1000000\n\t}"
-	jwtAuth := fmt.Sprintf("jwt_auth {\n\t\tpublic_key %s\n\t\theader X-User-Id sub\n\t\theader X-User-Role role\n\t}", pubFile)
-	proxy := "reverse_proxy " + upAddr
-	scenarios := []*scenario{
-		{name: "baseline", about: "reverse_proxy alone", site: proxy},
-		{name: "throttle", about: "throttle (memory) + reverse_proxy", site: throttle + "\n\t" + proxy, against: "baseline"},
-		{name: "jwt_auth", about: "jwt_auth RS256, 2 identity headers + reverse_proxy", site: jwtAuth + "\n\t" + proxy, against: "baseline"},
-		{name: "stack", about: "throttle + jwt_auth RS256 + reverse_proxy", site: throttle + "\n\t" + jwtAuth + "\n\t" + proxy, against: "baseline"},
-		{name: "slowest", about: "reverse_proxy to aggregate's slowest backend (5ms)", site: "rewrite * /slow\n\t" + proxy},
-		{name: "aggregate", about: "aggregate of 3 backends (0, 2, 5ms)", against: "slowest", site: fmt.Sprintf(`aggregate {
-		backend fast http://%[1]s/fast
-		backend mid http://%[1]s/mid
-		backend slow http://%[1]s/slow
-	}`, upAddr)},
-	}
-
-	// Throttle on Redis, against throttle in memory, when the binary and
-	// the machine can.
-	redisSc := &scenario{name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", against: "throttle"}
-	scenarios = append(scenarios, redisSc)
-	var redis *redisServer
-	if reason := redisUnsupported(ctx, caddyBin, dir); reason != "" {
-		redisSc.skip = reason
-	} else if redis, err = startRedis(ctx); err != nil {
-		redisSc.skip = "redis-server: " + err.Error()
+	if reason := redisUnsupported(ctx, o.caddyBin, dir); reason != "" {
+		e.redisSkip = reason
+	} else if redis, err := startRedis(ctx); err != nil {
+		e.redisSkip = "redis-server: " + err.Error()
 	} else {
 		defer redis.stop()
-		redisSc.redis = redis
-		redisSc.site = fmt.Sprintf("throttle {\n\t\tzone load_redis\n\t\trate 1000000/1s burst 1000000\n\t\tredis redis://%s {\n\t\t\ton_error deny\n\t\t}\n\t}\n\t%s", redis.addr, proxy)
+		e.redis = redis.addr
+		e.redisServer = redis
 	}
 
-	if only != "" {
-		keep := map[string]bool{"baseline": true}
-		for s := range strings.SplitSeq(only, ",") {
-			keep[strings.TrimSpace(s)] = true
-		}
-		for _, sc := range scenarios {
-			if keep[sc.name] && sc.against != "" {
-				keep[sc.against] = true
-			}
-		}
-		scenarios = slices.DeleteFunc(scenarios, func(sc *scenario) bool { return !keep[sc.name] })
-	}
-
-	admin := freeAddr()
-	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "{\n\tadmin %s\n\tpersist_config off\n}\n", admin)
-	for _, sc := range scenarios {
-		if sc.skip != "" {
-			continue
-		}
-		sc.addr = freeAddr()
-		// The header tells this caddy's answers from those of another
-		// process that took a port between freeAddr and caddy's bind.
-		fmt.Fprintf(&cfg, "http://%s {\n\tbind 127.0.0.1\n\theader X-Load-Scenario %s\n\t%s\n}\n", sc.addr, sc.name, sc.site)
-	}
-	cfgFile := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfgFile, []byte(cfg.String()), 0o600); err != nil {
+	all := scenarios(e)
+	if err := checkTable(all); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, caddyBin, "run", "--config", cfgFile, "--adapter", "caddyfile")
+	scs, err := selectScenarios(all, o.only)
+	if err != nil {
+		return err
+	}
+	if err := skipUnadaptable(ctx, o.caddyBin, dir, scs); err != nil {
+		return err
+	}
+
+	adminAddr := freeAddr()
+	cfgFile := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgFile, []byte(caddyfile(adminAddr, scs, true)), 0o600); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, o.caddyBin, "run", "--config", cfgFile, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	if o.memProfileRate > 0 {
+		cmd.Env = append(cmd.Env, "GODEBUG=memprofilerate="+strconv.Itoa(o.memProfileRate))
+	}
 	var logs lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -176,119 +139,235 @@ func run(ctx context.Context, caddyBin string, n, conc, rounds int, only string)
 	pid := cmd.Process.Pid
 
 	client := &http.Client{
-		Transport: &http.Transport{MaxIdleConnsPerHost: conc * 2, MaxConnsPerHost: conc * 2},
+		Transport: &http.Transport{MaxIdleConnsPerHost: o.conc * 2, MaxConnsPerHost: o.conc * 2},
 		Timeout:   10 * time.Second,
 	}
-	for _, sc := range scenarios {
+	adm := &admin{base: "http://" + adminAddr, client: client}
+	for _, sc := range scs {
 		if sc.skip != "" {
 			continue
 		}
-		if err := waitUp(ctx, client, "http://"+sc.addr+"/", tok, sc.name); err != nil {
+		if err := waitUp(ctx, client, sc); err != nil {
 			return fmt.Errorf("scenario %s: %w\ncaddy output:\n%s", sc.name, err, logs.String())
 		}
 	}
 
 	// Warm-up: connections, caches and heap settle before anything is
 	// measured.
-	for _, sc := range scenarios {
+	for _, sc := range scs {
 		if sc.skip != "" {
 			continue
 		}
-		if _, err := load(ctx, client, "http://"+sc.addr+"/", tok, max(n/5, conc), conc); err != nil {
+		if _, err := load(ctx, client, sc, max(o.n/5, o.conc), o.conc); err != nil {
 			return fmt.Errorf("scenario %s, warm-up: %w", sc.name, err)
 		}
 	}
+	overhead, err := adm.readingOverhead(ctx)
+	if err != nil {
+		return fmt.Errorf("caddy admin: %w\ncaddy output:\n%s", err, logs.String())
+	}
 
 	tick := clockTick(ctx)
-	fmt.Printf("caddy-gateway load: %d requests x %d rounds per scenario, %d concurrent clients, loopback; every request carries the same Authorization header (RS256 token)\n",
-		n, rounds, conc)
-	for round := range rounds {
+	fmt.Printf("caddy-gateway load: %d keep-alive requests x %d rounds per scenario after a warm-up, %d concurrent clients, loopback\n",
+		o.n, o.rounds, o.conc)
+	if o.memProfileRate > 0 {
+		fmt.Printf("caddy runs with GODEBUG=memprofilerate=%d: times and CPU are not comparable with a normal run\n", o.memProfileRate)
+	}
+	for round := range o.rounds {
 		// Each round starts with the next scenario, so that none always
 		// runs first (or right after the same neighbour).
-		order := append(slices.Clone(scenarios[round%len(scenarios):]), scenarios[:round%len(scenarios)]...)
+		order := append(slices.Clone(scs[round%len(scs):]), scs[:round%len(scs)]...)
 		for _, sc := range order {
 			if sc.skip != "" {
 				continue
 			}
-			var before, rcpu0 int64
-			if sc.redis != nil {
-				if before, err = sc.redis.scriptCalls(); err != nil {
-					return err
-				}
-				if rcpu0, err = procCPU(sc.redis.cmd.Process.Pid); err != nil {
-					return err
-				}
-			}
-			cpu0, err := procCPU(pid)
-			if err != nil {
-				return err
-			}
-			r, err := load(ctx, client, "http://"+sc.addr+"/", tok, n, conc)
-			if err != nil {
+			if err := measureRound(ctx, client, adm, e, sc, pid, tick, overhead, o); err != nil {
 				return fmt.Errorf("scenario %s, round %d: %w", sc.name, round+1, err)
-			}
-			cpu1, err := procCPU(pid)
-			if err != nil {
-				return err
-			}
-			sc.cpu += time.Duration(cpu1-cpu0) * tick
-			sc.res = append(sc.res, r)
-			if sc.redis != nil {
-				after, err := sc.redis.scriptCalls()
-				if err != nil {
-					return err
-				}
-				sc.calls += after - before
-				rcpu1, err := procCPU(sc.redis.cmd.Process.Pid)
-				if err != nil {
-					return err
-				}
-				sc.rcpu += time.Duration(rcpu1-rcpu0) * tick
 			}
 		}
 	}
-	report(scenarios, n*rounds)
+	fmt.Println()
+	printReport(os.Stdout, scs)
+
+	if o.pprofDir != "" {
+		if err := profile(ctx, client, adm, scs, o); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-func report(scenarios []*scenario, total int) {
-	byName := map[string]*scenario{}
-	merged := map[string]result{}
-	for _, sc := range scenarios {
-		byName[sc.name] = sc
-		if sc.skip == "" {
-			merged[sc.name] = merge(sc.res)
+// measureRound sends one round of requests to a scenario and adds what the
+// caddy process (and redis-server) spent on it.
+func measureRound(ctx context.Context, client *http.Client, adm *admin, e *env, sc *scenario, pid int, tick time.Duration, overhead memStats, o options) error {
+	var calls0, rcpu0 int64
+	var err error
+	if sc.redis {
+		if calls0, err = e.redisServer.scriptCalls(); err != nil {
+			return err
+		}
+		if rcpu0, err = procCPU(e.redisServer.cmd.Process.Pid); err != nil {
+			return err
 		}
 	}
-	cpuPer := func(sc *scenario) time.Duration { return sc.cpu / time.Duration(total) }
-	fmt.Printf("\n%-15s %9s %9s %9s %11s   %-24s %s\n", "scenario", "req/s", "p50", "p99", "CPU/req", "vs", "ratio: req/s, p50, p99, CPU/req")
-	for _, sc := range scenarios {
+	ms0, err := adm.memStats(ctx)
+	if err != nil {
+		return err
+	}
+	cpu0, err := procCPU(pid)
+	if err != nil {
+		return err
+	}
+	r, err := load(ctx, client, sc, o.n, o.conc)
+	if err != nil {
+		return err
+	}
+	cpu1, err := procCPU(pid)
+	if err != nil {
+		return err
+	}
+	// The last responses are read; let their handlers return before the
+	// reading, so that their allocations count here and not in the next
+	// scenario.
+	time.Sleep(20 * time.Millisecond)
+	ms1, err := adm.memStats(ctx)
+	if err != nil {
+		return err
+	}
+	sc.m.addRound(r, time.Duration(cpu1-cpu0)*tick, ms0, ms1, overhead)
+	if sc.redis {
+		calls1, err := e.redisServer.scriptCalls()
+		if err != nil {
+			return err
+		}
+		rcpu1, err := procCPU(e.redisServer.cmd.Process.Pid)
+		if err != nil {
+			return err
+		}
+		sc.m.calls += calls1 - calls0
+		sc.m.rcpu += time.Duration(rcpu1-rcpu0) * tick
+	}
+	return nil
+}
+
+// profile saves /debug/pprof/allocs before and after n more requests per
+// scenario.
+func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenario, o options) error {
+	if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+		return err
+	}
+	fmt.Printf("\nallocation profiles in %s (%d requests per scenario between .before and .after):\n", o.pprofDir, o.n)
+	for _, sc := range scs {
 		if sc.skip != "" {
-			fmt.Printf("%-15s skipped: %s\n", sc.name, sc.skip)
 			continue
 		}
-		r := merged[sc.name]
-		line := fmt.Sprintf("%-15s %9.0f %9v %9v %9.1fµs", sc.name, r.rps, r.pct(50).Round(time.Microsecond),
-			r.pct(99).Round(time.Microsecond), float64(cpuPer(sc).Nanoseconds())/1e3)
-		if b, ok := byName[sc.against]; ok && b.skip == "" {
-			br := merged[b.name]
-			line += fmt.Sprintf("   %-24s %.3f  %.3f  %.3f  %.3f", b.name, r.rps/br.rps,
-				float64(r.pct(50))/float64(br.pct(50)), float64(r.pct(99))/float64(br.pct(99)),
-				float64(cpuPer(sc))/float64(cpuPer(b)))
+		if err := adm.saveAllocs(ctx, o.pprofDir, sc.name+".before"); err != nil {
+			return err
 		}
-		fmt.Println(line)
+		if _, err := load(ctx, client, sc, o.n, o.conc); err != nil {
+			return fmt.Errorf("scenario %s, profile: %w", sc.name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if err := adm.saveAllocs(ctx, o.pprofDir, sc.name+".after"); err != nil {
+			return err
+		}
+		fmt.Printf("  go tool pprof -sample_index=alloc_objects -top -diff_base %[1]s/%[2]s.before.pb.gz %[1]s/%[2]s.after.pb.gz\n", o.pprofDir, sc.name)
 	}
-	for _, sc := range scenarios {
-		if sc.redis != nil && sc.skip == "" {
-			fmt.Printf("\n%s: %.3f Redis script calls (EVALSHA+EVAL, INFO commandstats) per request; redis-server CPU %.1fµs per request (not in CPU/req above)\n",
-				sc.name, float64(sc.calls)/float64(total), float64((sc.rcpu/time.Duration(total)).Nanoseconds())/1e3)
+	return nil
+}
+
+// caddyfile is the config of the caddy under test: the admin endpoint and
+// one site per scenario that runs.
+func caddyfile(adminAddr string, scs []*scenario, withAdmin bool) string {
+	var cfg strings.Builder
+	if withAdmin {
+		fmt.Fprintf(&cfg, "{\n\tadmin %s\n\tpersist_config off\n}\n", adminAddr)
+	}
+	for _, sc := range scs {
+		if sc.skip != "" {
+			continue
+		}
+		if sc.addr == "" {
+			sc.addr = freeAddr()
+		}
+		// The header tells this caddy's answers from those of another
+		// process that took a port between freeAddr and caddy's bind.
+		fmt.Fprintf(&cfg, "http://%s {\nbind 127.0.0.1\nheader X-Load-Scenario %s\n%s\n}\n", sc.addr, sc.name, strings.Join(sc.site, "\n"))
+	}
+	return cfg.String()
+}
+
+// skipUnadaptable marks the scenarios this caddy binary cannot adapt (a
+// directive it does not know, e.g. a binary older than the tree) as
+// skipped, with caddy's message.
+func skipUnadaptable(ctx context.Context, caddyBin, dir string, scs []*scenario) error {
+	if adaptErr(ctx, caddyBin, dir, caddyfile("", scs, false)) == "" {
+		return nil
+	}
+	for _, sc := range scs {
+		if sc.skip != "" {
+			continue
+		}
+		if msg := adaptErr(ctx, caddyBin, dir, caddyfile("", []*scenario{sc}, false)); msg != "" {
+			sc.skip = "this caddy binary cannot adapt it: " + msg
 		}
 	}
-	fmt.Println("\nscenarios:")
-	for _, sc := range scenarios {
-		fmt.Printf("  %-15s %s\n", sc.name, sc.about)
+	return ctx.Err()
+}
+
+// adaptErr runs `caddy adapt` on a config and returns its error message,
+// or "".
+func adaptErr(ctx context.Context, caddyBin, dir, cfg string) string {
+	f := filepath.Join(dir, "probe.Caddyfile")
+	if err := os.WriteFile(f, []byte(cfg), 0o600); err != nil {
+		return err.Error()
 	}
-	fmt.Println("CPU/req is the caddy process's utime+stime while the scenario ran, divided by its requests (upstreams and this client run in another process).")
+	out, err := exec.CommandContext(ctx, caddyBin, "adapt", "--config", f, "--adapter", "caddyfile").CombinedOutput()
+	if err == nil {
+		return ""
+	}
+	msg := strings.TrimSpace(string(out))
+	for line := range strings.SplitSeq(msg, "\n") {
+		var entry struct{ Msg, Error string }
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg != "" {
+			msg = entry.Msg
+			if entry.Error != "" {
+				msg += ": " + entry.Error
+			}
+		}
+	}
+	return msg
+}
+
+// redisUnsupported says why the binary cannot run throttle's redis block
+// (empty when it can), so that no redis-server is started for nothing.
+func redisUnsupported(ctx context.Context, caddyBin, dir string) string {
+	probe := "http://127.0.0.1:1 {\n\tthrottle {\n\t\tzone probe\n\t\trate 1/1s\n\t\tredis redis://127.0.0.1:1 {\n\t\t\ton_error deny\n\t\t}\n\t}\n}\n"
+	if msg := adaptErr(ctx, caddyBin, dir, probe); msg != "" {
+		return "this caddy binary does not know throttle's redis block: " + msg
+	}
+	return ""
+}
+
+// rs256Token makes an RSA key, writes its public half to dir and returns
+// the file and a token it verifies.
+func rs256Token(dir string) (pubFile, token string, err error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", "", err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return "", "", err
+	}
+	pubFile = filepath.Join(dir, "rs256.pem")
+	if err := os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		return "", "", err
+	}
+	token, err = jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+		"sub": "load-user", "role": "admin", "exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix(),
+	}).SignedString(key)
+	return pubFile, token, err
 }
 
 // startUpstream serves the JSON upstreams on loopback: / answers at once;
@@ -324,20 +403,25 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-func waitUp(ctx context.Context, client *http.Client, url, tok, name string) error {
+// newRequest is the request every client of a scenario sends.
+func newRequest(ctx context.Context, sc *scenario) *http.Request {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+sc.addr+"/", nil)
+	req.Header = sc.header.Clone()
+	return req
+}
+
+func waitUp(ctx context.Context, client *http.Client, sc *scenario) error {
 	var last string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := client.Do(req)
+		resp, err := client.Do(newRequest(ctx, sc))
 		if err != nil {
 			last = err.Error()
 			continue
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if got := resp.Header.Get("X-Load-Scenario"); got != name {
-			return fmt.Errorf("%s is answered by another server (X-Load-Scenario %q): run again", url, got)
+		if got := resp.Header.Get("X-Load-Scenario"); got != sc.name {
+			return fmt.Errorf("%s is answered by another server (X-Load-Scenario %q): run again", sc.addr, got)
 		}
 		if resp.StatusCode == http.StatusOK {
 			return nil
@@ -345,126 +429,6 @@ func waitUp(ctx context.Context, client *http.Client, url, tok, name string) err
 		last = fmt.Sprintf("status %d: %s", resp.StatusCode, body)
 	}
 	return fmt.Errorf("never answered 200 (%s)", last)
-}
-
-// redisUnsupported says why the binary cannot run throttle's redis block
-// (empty when it can): `caddy adapt` of a config holding one.
-func redisUnsupported(ctx context.Context, caddyBin, dir string) string {
-	f := filepath.Join(dir, "redis-probe.Caddyfile")
-	probe := "http://127.0.0.1:1 {\n\tthrottle {\n\t\tzone probe\n\t\trate 1/1s\n\t\tredis redis://127.0.0.1:1 {\n\t\t\ton_error deny\n\t\t}\n\t}\n}\n"
-	if err := os.WriteFile(f, []byte(probe), 0o600); err != nil {
-		return err.Error()
-	}
-	out, err := exec.CommandContext(ctx, caddyBin, "adapt", "--config", f, "--adapter", "caddyfile").CombinedOutput()
-	if err != nil {
-		msg := strings.TrimSpace(string(out))
-		for line := range strings.SplitSeq(msg, "\n") {
-			var entry struct{ Msg string }
-			if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg != "" {
-				msg = entry.Msg
-			}
-		}
-		return "this caddy binary does not know throttle's redis block yet: " + msg
-	}
-	return ""
-}
-
-// redisServer is a redis-server started on a free loopback port.
-type redisServer struct {
-	addr string
-	cmd  *exec.Cmd
-}
-
-func startRedis(ctx context.Context) (*redisServer, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, errors.New("not installed (scripts/deps.sh installs it)")
-	}
-	addr := freeAddr()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.CommandContext(ctx, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	r := &redisServer{addr: addr, cmd: cmd}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if _, err := r.command("PING"); err == nil {
-			return r, nil
-		}
-	}
-	r.stop()
-	return nil, errors.New("did not answer PING")
-}
-
-func (r *redisServer) stop() {
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-}
-
-// scriptCalls is the number of EVALSHA and EVAL calls Redis has served.
-func (r *redisServer) scriptCalls() (int64, error) {
-	info, err := r.command("INFO", "commandstats")
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	for line := range strings.SplitSeq(info, "\r\n") {
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
-			continue
-		}
-		for field := range strings.SplitSeq(rest, ",") {
-			if v, ok := strings.CutPrefix(field, "calls="); ok {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					return 0, err
-				}
-				total += n
-			}
-		}
-	}
-	return total, nil
-}
-
-// command sends one command in RESP and returns a simple or bulk string
-// reply.
-func (r *redisServer) command(args ...string) (string, error) {
-	d := net.Dialer{Timeout: time.Second}
-	conn, err := d.DialContext(context.Background(), "tcp", r.addr)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := io.WriteString(conn, b.String()); err != nil {
-		return "", err
-	}
-	br := bufio.NewReader(conn)
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	line = strings.TrimRight(line, "\r\n")
-	switch {
-	case strings.HasPrefix(line, "+"):
-		return line[1:], nil
-	case strings.HasPrefix(line, "$"):
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 || n > 1<<20 {
-			return "", fmt.Errorf("bad bulk length %q", line)
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	}
-	return "", fmt.Errorf("redis: %s", line)
 }
 
 // procCPU is a process's utime+stime in clock ticks (/proc/<pid>/stat).
@@ -499,29 +463,14 @@ func clockTick(ctx context.Context) time.Duration {
 	return 10 * time.Millisecond
 }
 
+// result is one round of one scenario: every request's latency and the
+// round's throughput.
 type result struct {
 	lat []time.Duration
 	rps float64
 }
 
-func (r result) pct(p int) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
-	}
-	return r.lat[(len(r.lat)-1)*p/100]
-}
-
-func merge(rs []result) result {
-	var out result
-	for _, r := range rs {
-		out.lat = append(out.lat, r.lat...)
-		out.rps += r.rps / float64(len(rs))
-	}
-	slices.Sort(out.lat)
-	return out
-}
-
-func load(ctx context.Context, client *http.Client, url, token string, n, conc int) (result, error) {
+func load(ctx context.Context, client *http.Client, sc *scenario, n, conc int) (result, error) {
 	lat := make([]time.Duration, n)
 	var next, failed atomic.Int64
 	var firstFailure atomic.Value
@@ -534,8 +483,7 @@ func load(ctx context.Context, client *http.Client, url, token string, n, conc i
 				if i >= int64(n) || ctx.Err() != nil {
 					return
 				}
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				req.Header.Set("Authorization", "Bearer "+token)
+				req := newRequest(ctx, sc)
 				t0 := time.Now()
 				resp, err := client.Do(req)
 				if err != nil {
@@ -559,9 +507,8 @@ func load(ctx context.Context, client *http.Client, url, token string, n, conc i
 		return result{}, err
 	}
 	if f := failed.Load(); f > 0 {
-		return result{}, fmt.Errorf("%s: %d of %d requests failed (first: %v)", url, f, n, firstFailure.Load())
+		return result{}, fmt.Errorf("%s: %d of %d requests failed (first: %v)", sc.addr, f, n, firstFailure.Load())
 	}
-	slices.Sort(lat)
 	return result{lat: lat, rps: float64(n) / elapsed.Seconds()}, nil
 }
 

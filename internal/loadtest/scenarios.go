@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// env is what the scenarios are built from: the loopback upstream, the
+// token and its key, and the optional parts of this run.
+type env struct {
+	dir      string // temporary directory of the run, for key and config files
+	upstream string // host:port of the JSON upstreams (/, /fast, /mid, /slow)
+	pubFile  string // PEM public key of the RS256 token
+	token    string // RS256 token with sub and role claims, valid for an hour
+
+	// redis is host:port of a redis-server started for this run; when
+	// empty, redisSkip says why there is none.
+	redis       string
+	redisSkip   string
+	redisServer *redisServer
+}
+
+// origin is the allowed Origin of the cors scenarios.
+const origin = "https://app.example"
+
+// scenarios is the table of what `make load` measures: one site of the
+// caddy under test each. A scenario with `against` is reported as a delta
+// over that scenario (its baseline), which must send the very same request
+// (checkTable): the delta is then the directive's work alone. To measure a
+// new directive, add a line here (and its plain baseline when it needs a
+// request header no other baseline carries).
+func scenarios(e *env) []*scenario {
+	bearer := header("Authorization", "Bearer "+e.token)
+	withOrigin := header("Authorization", "Bearer "+e.token, "Origin", origin)
+
+	proxy := "reverse_proxy " + e.upstream
+	throttle := "throttle {\n\trate 1000000/1s burst 1000000\n}"
+	jwtAuth := fmt.Sprintf("jwt_auth {\n\tpublic_key %s\n\theader X-User-Id sub\n\theader X-User-Role role\n}", e.pubFile)
+	cors := "cors {\n\torigins " + origin + "\n}"
+
+	throttleRedis := fmt.Sprintf("throttle {\n\tzone load_redis\n\trate 1000000/1s burst 1000000\n\tredis redis://%s {\n\t\ton_error deny\n\t}\n}", e.redis)
+
+	return []*scenario{
+		{name: "baseline", about: "reverse_proxy alone (same Authorization header as the others)",
+			site: site(proxy), header: bearer},
+		{name: "throttle", about: "throttle (memory) + reverse_proxy",
+			site: site(throttle, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 1}},
+		{name: "jwt_auth", about: "jwt_auth RS256 (cached token), 2 identity headers + reverse_proxy",
+			site: site(jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 3}},
+		{name: "stack", about: "throttle + jwt_auth RS256 + reverse_proxy",
+			site: site(throttle, jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 4, bytes: 400}},
+		{name: "plain_origin", about: "reverse_proxy alone, with an Origin header (baseline of cors)",
+			site: site(proxy), header: withOrigin},
+		{name: "cors", about: "cors, allowed Origin + reverse_proxy",
+			site: site(cors, proxy), header: withOrigin, against: "plain_origin", budget: &budget{allocs: 2}},
+		{name: "slowest", about: "reverse_proxy to aggregate's slowest backend (5ms)",
+			site: site("rewrite * /slow", proxy), header: bearer},
+		{name: "aggregate", about: "aggregate of 3 backends (0, 2, 5ms)",
+			site:   site(fmt.Sprintf("aggregate {\n\tbackend fast http://%[1]s/fast\n\tbackend mid http://%[1]s/mid\n\tbackend slow http://%[1]s/slow\n}", e.upstream)),
+			header: bearer, against: "slowest"},
+		{name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true,
+			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6}},
+	}
+}
+
+// site joins directives into a site body.
+func site(directives ...string) []string { return directives }
+
+// header builds a request header from name, value pairs.
+func header(kv ...string) http.Header {
+	h := http.Header{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h.Add(kv[i], kv[i+1])
+	}
+	return h
+}
