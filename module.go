@@ -11,6 +11,9 @@
 //     backends and merge their JSON.
 //   - http.handlers.cors (directive cors): answer cross-origin requests
 //     (CORS preflights and headers) at the gateway.
+//   - admin.api.gateway: the gateway's live state (throttle zones and
+//     clients, JWT key sets, API keys, aggregate backends) on Caddy's admin
+//     endpoint under /gateway/.
 //
 // The directive order is registered in caddyfile.go, so no `order` global
 // option is needed.
@@ -18,6 +21,7 @@ package caddygateway
 
 import (
 	// Each package registers its module(s) and Caddyfile directive in init.
+	_ "github.com/caddygateway/caddy-gateway/admin"
 	_ "github.com/caddygateway/caddy-gateway/aggregate"
 	_ "github.com/caddygateway/caddy-gateway/cors"
 	_ "github.com/caddygateway/caddy-gateway/jwtauth"

@@ -72,6 +72,7 @@ type remoteKeySet struct {
 	generation atomic.Uint64 // bumped whenever the keys change
 	nextTry    atomic.Int64  // unix nanos of the next background attempt
 	lastResult atomic.Pointer[fetchResult]
+	fetchedAt  atomic.Int64 // unix nanos of the last successful fetch
 
 	mu          sync.Mutex
 	inflight    chan struct{}
@@ -146,21 +147,7 @@ func (s *remoteKeySet) refreshLoop() {
 // at most once per jwksMissInterval; concurrent misses share one fetch. It
 // waits for that fetch until ctx ends.
 func (s *remoteKeySet) refreshForMiss(ctx context.Context) {
-	s.mu.Lock()
-	ch := s.inflight
-	if ch == nil {
-		if time.Since(s.lastMissTry) < jwksMissInterval {
-			s.mu.Unlock()
-			return
-		}
-		s.lastMissTry = time.Now()
-		ch = s.startFetchLocked()
-	}
-	s.mu.Unlock()
-	select {
-	case <-ch:
-	case <-ctx.Done():
-	}
+	s.refetch(ctx)
 }
 
 // fetchCoalesced fetches now (or joins a fetch under way) and returns how
@@ -184,6 +171,7 @@ func (s *remoteKeySet) fetchCoalesced() (time.Duration, error) {
 type fetchResult struct {
 	next time.Duration
 	err  error
+	at   time.Time // when the fetch ended
 }
 
 // startFetchLocked starts one fetch in its own goroutine, bound to the
@@ -193,7 +181,7 @@ func (s *remoteKeySet) startFetchLocked() chan struct{} {
 	s.inflight = ch
 	go func() {
 		next, err := s.fetch()
-		s.lastResult.Store(&fetchResult{next: next, err: err})
+		s.lastResult.Store(&fetchResult{next: next, err: err, at: time.Now()})
 		s.mu.Lock()
 		s.inflight = nil
 		s.mu.Unlock()
@@ -252,6 +240,7 @@ func (s *remoteKeySet) fetch() (time.Duration, error) {
 		s.generation.Add(1)
 	}
 	jwksFetchOK.Inc()
+	s.fetchedAt.Store(time.Now().UnixNano())
 	return refreshInterval(header.Get("Cache-Control")), nil
 }
 

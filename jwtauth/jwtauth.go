@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddygateway/caddy-gateway/internal/registry"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -182,6 +184,10 @@ type Handler struct {
 	verifier  *verifier
 	cache     *tokenCache
 	poolKeys  []string
+	// admin API (admin.go): the local key sets, and the sets joined to
+	// registry.JWTKeySets
+	adminLocal localKeySets
+	admin      []registry.JWTKeySetSource
 	sources   []source
 	identity  []identityHeader
 	challenge string // `Bearer realm="..."`
@@ -295,6 +301,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		allowNoExp:  h.AllowNoExp,
 		now:         h.now,
 	})
+	h.joinAdmin()
 	return nil
 }
 
@@ -310,6 +317,7 @@ func (h *Handler) loadStaticKeys(allowed algSet) ([]verificationKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	h.adminLocal = localKeySets{static: slices.Clip(keys)}
 	for _, f := range h.JWKSFiles {
 		fileKeys, skipped, err := loadJWKSFile(f)
 		if err != nil {
@@ -329,6 +337,7 @@ func (h *Handler) loadStaticKeys(allowed algSet) ([]verificationKey, error) {
 		if kept == 0 {
 			return nil, fmt.Errorf("jwks_file %s: no key allows any of algorithms", f)
 		}
+		h.adminLocal.files = append(h.adminLocal.files, adminFile{file: f, keys: slices.Clip(keys[len(keys)-kept:])})
 	}
 	return keys, nil
 }
@@ -349,6 +358,7 @@ func (h *Handler) loadRemote(poolKey, issuer, url string) *remoteKeySet {
 // Cleanup releases the remote key sets; the last user stops their
 // refresh.
 func (h *Handler) Cleanup() error {
+	h.leaveAdmin()
 	for _, k := range h.poolKeys {
 		_, _ = remoteSets.Delete(k)
 	}

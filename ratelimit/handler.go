@@ -311,6 +311,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.limiter = h.redis
 	}
+	h.joinAdmin()
 	return nil
 }
 
@@ -346,6 +347,7 @@ func (h *Handler) Validate() error {
 
 // Cleanup releases the handler's use of its zone.
 func (h *Handler) Cleanup() error {
+	h.leaveAdmin()
 	_ = h.cleanupRedis()
 	if h.poolKey == "" {
 		return nil

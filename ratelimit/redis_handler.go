@@ -2,8 +2,6 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"net/http"
 
@@ -31,19 +29,11 @@ type redisLimiter struct {
 	opt   rueidis.ClientOption
 	z     *redisZone
 	local *memStore
+	sub   string // the resetSubs entry held (admin API resets)
 }
 
 func (s *redisLimiter) take(ctx context.Context, k key, limits []limit, out []verdict) (bool, error) {
-	var buf [maxRedisID]byte
-	b := k.appendText(buf[:0])
-	if len(b) > maxRedisID {
-		// A long key (any header can be one) is named by its hash, so a
-		// client cannot make Redis store or the network carry its text.
-		sum := sha256.Sum256(b)
-		b = append(append(buf[:0], 'h', ':'), hex.EncodeToString(sum[:])...)
-	}
-	id := string(b)
-	res, ok := s.z.take(ctx, id, out)
+	res, ok := s.z.take(ctx, redisClientID(k), out)
 	switch res {
 	case redisFallbackLocal:
 		return s.local.take(ctx, k, limits, out)
@@ -94,11 +84,16 @@ func (h *Handler) joinRedis(ctx caddy.Context, mem *memStore) error {
 		return err
 	}
 	rl.local = mem
-	return nil
+	rl.sub, err = joinResetSub(c, key, resetChannel(h.Redis.Prefix))
+	return err
 }
 
 // cleanupRedis releases the handler's use of its Redis client.
 func (h *Handler) cleanupRedis() error {
+	if h.redis != nil && h.redis.sub != "" {
+		_, _ = resetSubs.Delete(h.redis.sub)
+		h.redis.sub = ""
+	}
 	if h.redisKey == "" {
 		return nil
 	}

@@ -41,6 +41,10 @@ type ThrottleZoneInfo struct {
 	IPv6Prefix int `json:"ipv6_prefix"`
 	// Handlers is the number of live handlers using the zone.
 	Handlers int `json:"handlers"`
+	// Seq orders zone states by creation (the higher, the newer): when
+	// several share a name (handlers without a zone, or a reload changing
+	// a zone's rates), the newest answers a GET.
+	Seq uint64 `json:"-"`
 }
 
 // ThrottleQuery names one client of a zone: either IP, the client address
@@ -94,9 +98,17 @@ type ThrottleClient struct {
 	Source string `json:"source"`
 }
 
-// ErrBadQuery is returned (wrapped) by a zone for a query it cannot
-// answer, such as an empty key: the admin API answers 400.
-var ErrBadQuery = errors.New("bad query")
+// Errors a view returns (wrapped), which the admin API turns into statuses.
+var (
+	// ErrBadQuery: a query the view cannot answer, such as an empty key
+	// (400).
+	ErrBadQuery = errors.New("bad query")
+	// ErrNotFound: the thing asked for is not (or no longer) loaded (404).
+	ErrNotFound = errors.New("not found")
+	// ErrUnavailable: a shared store (Redis) could not be reached; what
+	// could be done locally was (503).
+	ErrUnavailable = errors.New("unavailable")
+)
 
 // ThrottleZone is the admin API's view of one live zone state (shared by
 // every handler naming the zone, and listed once).
