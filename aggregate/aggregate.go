@@ -7,6 +7,8 @@ package aggregate
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +26,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddygateway/caddy-gateway/internal/metrics"
+	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
@@ -46,8 +49,11 @@ func init() {
 // the part selected by `target`) on success; its `fallback`, or null, on
 // failure. `errors` is present only when a backend failed, in config order;
 // `code` is one of `timeout`, `status` (non-2xx, redirects included),
-// `unreachable`, `invalid_json` or `too_large`; `status` is present whenever
-// the backend answered. Upstream bodies of failed calls never reach the
+// `unreachable`, `invalid_json`, `too_large`, `dependency` (not called: a
+// {backends.*} value it needs is missing, not a scalar, refused by the path
+// rules, or comes from a backend that failed) or `circuit_open` (not
+// called: its breaker is open); `status` is present whenever the backend
+// answered. Upstream bodies of failed calls never reach the
 // client. Any 2xx is a success; a 204, or a 2xx with an empty body, gives
 // null.
 //
@@ -75,6 +81,11 @@ func init() {
 // `{http.request.port}`, `{http.request.uuid}`, `{env.*}`, `{system.*}`, `{time.*}` (identity,
 // client address, headers, cookies, TLS client data, variables and regexp
 // captures are all private).
+//
+// Placeholders set: none. A backend URL or `header` value may use
+// {backends.<name>.<field.path>}: the scalar at that path of another
+// backend's JSON (after its `target`). Such a backend waits for the
+// backends it names; every other backend starts at once.
 //
 // Backend requests are built fresh: they carry no body and only the headers
 // named in `forward_headers` plus the backend's `header` lines (no
@@ -107,6 +118,9 @@ type Handler struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	forwardHeaders []string // canonical names
+	chained        bool     // a backend uses {backends.*}
+	poolKeys       []string // shared state this handler holds (breakers, caches)
+	joined         bool     // in registry.Aggregates
 	metrics        responseMetrics
 	transport      *http.Transport
 	client         *http.Client
@@ -133,6 +147,14 @@ type Backend struct {
 	// Literal text is sent as written: a byte RFC 3986 does not allow
 	// there (a space, a non-ASCII byte, a bare `%`) must be
 	// percent-encoded in the template (`%20`).
+	// `{backends.<name>.<field.path>}` takes the scalar at that path of
+	// backend <name>'s JSON (after its `target`; object keys or array
+	// indexes, dot-separated; no path: the value itself): a string's text,
+	// a number's exact literal, `true` or `false`, escaped like any
+	// placeholder. This backend then waits for <name>; when <name> failed,
+	// or the value is missing, null, an object or an array, or refused by
+	// the path rules, it is not called and gets code `dependency`. Unknown
+	// names, self-references and cycles are config errors.
 	// The fragment is never sent. Required.
 	URL string `json:"url"`
 
@@ -141,8 +163,9 @@ type Backend struct {
 
 	// Extra request headers for this backend. Values may hold placeholders,
 	// expanded per request; a value that expands to a control character
-	// refuses the request with 400. They replace forwarded headers of the
-	// same name.
+	// refuses the request with 400 (one taken from another backend with
+	// `{backends.*}`, see URL, gives code `dependency` instead). They
+	// replace forwarded headers of the same name.
 	Header http.Header `json:"header,omitempty"`
 
 	// Time allowed for this backend (connect, headers and body), within the
@@ -166,13 +189,64 @@ type Backend struct {
 	// failure is still listed in `errors`.
 	Fallback json.RawMessage `json:"fallback,omitempty"`
 
-	url      *urlTemplate
-	headers  map[string][]headerTemplate
-	private  bool
-	target   []string
-	nameJSON []byte
-	fallback []byte
-	metrics  backendMetrics
+	// Circuit breaker of this backend. Default: none.
+	Breaker *BreakerConfig `json:"breaker,omitempty"`
+
+	// Shared cache of this backend's responses. Default: none.
+	Cache *CacheConfig `json:"cache,omitempty"`
+
+	url        *urlTemplate
+	headers    map[string][]headerTemplate
+	private    bool
+	target     []string
+	nameJSON   []byte
+	fallback   []byte
+	metrics    backendMetrics
+	deps       []int // backends whose values it uses
+	dependedOn bool  // another backend uses its value
+	hasDeps    bool  // its URL or a header value uses {backends.*}
+	breaker    *breaker
+	cache      *responseCache
+}
+
+// BreakerConfig is a backend's circuit breaker (Caddyfile:
+// `breaker <failures> <cooldown>`). Its state is kept per backend and
+// survives a reload that leaves the backend (and the handler's
+// `forward_headers` and `max_body`) unchanged.
+type BreakerConfig struct {
+	// Failures in a row that open the breaker: a `timeout`, an
+	// `unreachable` or a 5xx `status`. Any other outcome (a 4xx,
+	// `invalid_json`, `too_large`, a success) ends the run; a call the
+	// client abandoned counts neither way. An open breaker refuses calls
+	// at once with code `circuit_open`. At least 1; required.
+	Failures int `json:"failures"`
+
+	// How long an open breaker refuses calls. After it, one trial call goes
+	// through (the others still get `circuit_open`): its success closes
+	// the breaker, its failure opens it for another cooldown. Duration;
+	// required, positive.
+	Cooldown caddy.Duration `json:"cooldown"`
+}
+
+// CacheConfig is a backend's shared response cache (Caddyfile:
+// `cache [<max_entries>]`), by the rules of a shared cache (RFC 9111). A
+// response is stored only when it is a 200 whose `Cache-Control` has
+// `s-maxage` or `max-age` (s-maxage wins) and none of `no-store`,
+// `no-cache`, `private`, and it has no `Set-Cookie` and no `Vary: *`; it
+// is fresh for that lifetime less its `Age`, and never served stale. The
+// key is the method, the resolved URL and every header value sent to the
+// backend (forwarded headers, `header` lines) except `traceparent` and
+// `tracestate`: one client's answer is never served to a request that
+// sends anything different, and `Vary` is honoured by construction.
+// Concurrent misses for one key make one backend call, which runs within
+// the budget of the request that started it and ends early only when
+// every request waiting for it has gone. Only GET and HEAD backends may
+// have a cache. The cache survives a reload that leaves the backend (and
+// the handler's `forward_headers` and `max_body`) unchanged.
+type CacheConfig struct {
+	// Entries kept at most; the least recently used goes first. Each
+	// entry holds at most `max_body` bytes. Default 1000; at most 1048576.
+	MaxEntries int `json:"max_entries,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -190,8 +264,10 @@ const (
 	maxMaxBody     = 64 << 20 // max_body ceiling: bodies are held in memory
 )
 
-// Provision sets defaults, compiles the URL and header templates, registers
-// the metrics and builds the handler's transport.
+// Provision sets defaults, compiles the URL and header templates and the
+// dependency graph, checks the config, registers the metrics, takes the
+// backends' shared breaker and cache state and builds the handler's
+// transport.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if err := metrics.Register(ctx.GetMetricsRegistry(), collectors...); err != nil {
@@ -208,30 +284,37 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for i, name := range h.ForwardHeaders {
 		h.forwardHeaders[i] = http.CanonicalHeaderKey(name)
 	}
-	for _, b := range h.Backends {
+	names := make([]string, len(h.Backends))
+	for i, b := range h.Backends {
 		if b == nil {
 			return errors.New("null backend")
 		}
+		names[i] = b.Name
 		// The name is a metric label value and a span name.
 		if !validName(b.Name) {
 			return fmt.Errorf("backend %q: the name must be UTF-8 text without control characters", b.Name)
 		}
-		b.metrics = newBackendMetrics(b.Name)
 		if b.Method == "" {
 			b.Method = http.MethodGet
 		}
 		b.Method = strings.ToUpper(b.Method)
+		if b.Cache != nil && b.Cache.MaxEntries == 0 {
+			b.Cache.MaxEntries = defaultCacheEntries
+		}
+		b.metrics = newBackendMetrics(b)
 		var err error
 		if b.url, err = compileURL(b.URL); err != nil {
 			return fmt.Errorf("backend %q: %w", b.Name, err)
 		}
 		b.private = b.url.private
+		b.hasDeps = b.url.hasDeps
 		b.headers = make(map[string][]headerTemplate, len(b.Header))
 		for name, vals := range b.Header {
 			name = http.CanonicalHeaderKey(name)
 			for _, v := range vals {
 				t := compileHeader(v)
 				b.private = b.private || t.private
+				b.hasDeps = b.hasDeps || t.pieces != nil
 				b.headers[name] = append(b.headers[name], t)
 			}
 		}
@@ -252,6 +335,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			b.fallback = c.Bytes()
 		}
 	}
+	if err := h.compileGraph(names); err != nil {
+		return err
+	}
+	// Nothing is shared or started before the config is known to be good.
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	for _, b := range h.Backends {
+		if err := h.loadShared(b); err != nil {
+			return err
+		}
+	}
 	h.transport = newTransport()
 	h.cleanedUp = new(atomic.Bool)
 	h.client = &http.Client{
@@ -260,7 +355,119 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return http.ErrUseLastResponse
 		},
 	}
+	registry.Aggregates.Join(h)
+	h.joined = true
 	return nil
+}
+
+// compileGraph builds the dependency graph of the {backends.*}
+// placeholders, binds them to their backends and marks every backend that
+// depends, directly or not, on an identity-derived one as identity-derived
+// itself.
+func (h *Handler) compileGraph(names []string) error {
+	keys := make([][]string, len(h.Backends))
+	for i, b := range h.Backends {
+		k, err := backendDepKeys(b)
+		if err != nil {
+			return fmt.Errorf("backend %q: %w", b.Name, err)
+		}
+		keys[i] = k
+		h.chained = h.chained || len(k) > 0
+	}
+	if !h.chained {
+		return nil
+	}
+	deps, err := dependencies(names, keys)
+	if err != nil {
+		return err
+	}
+	for i, b := range h.Backends {
+		b.deps = deps[i]
+		for _, d := range b.deps {
+			h.Backends[d].dependedOn = true
+		}
+		bindDeps(b.url.path, names)
+		bindDeps(b.url.query, names)
+		for _, tmpls := range b.headers {
+			for _, t := range tmpls {
+				bindDeps(t.pieces, names)
+			}
+		}
+	}
+	// The graph is acyclic: n rounds reach every chain's end.
+	for range h.Backends {
+		for _, b := range h.Backends {
+			for _, d := range b.deps {
+				b.private = b.private || h.Backends[d].private
+			}
+		}
+	}
+	return nil
+}
+
+// pool holds the breakers and caches that outlive a reload, keyed by the
+// backend's identity.
+var pool = caddy.NewUsagePool()
+
+// identity names a backend for the shared state: its whole config and what
+// the handler sends it. A reload that changes any of it starts afresh.
+func (h *Handler) identity(b *Backend) string {
+	js, _ := json.Marshal(struct {
+		Backend        *Backend `json:"backend"`
+		ForwardHeaders []string `json:"forward_headers"`
+		MaxBody        int64    `json:"max_body"`
+	}{b, h.forwardHeaders, h.MaxBody})
+	sum := sha256.Sum256(js)
+	return hex.EncodeToString(sum[:])
+}
+
+// loadShared takes (or creates) the backend's breaker and cache.
+func (h *Handler) loadShared(b *Backend) error {
+	if b.Breaker == nil && b.Cache == nil {
+		return nil
+	}
+	id := h.identity(b)
+	if c := b.Breaker; c != nil {
+		key := "aggregate.breaker:" + id
+		v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return newBreaker(b.Name, c.Failures, time.Duration(c.Cooldown), b.metrics.breaker), nil
+		})
+		if err != nil {
+			return fmt.Errorf("backend %q: breaker: %w", b.Name, err)
+		}
+		h.poolKeys = append(h.poolKeys, key)
+		b.breaker = v.(*breaker)
+	}
+	if c := b.Cache; c != nil {
+		key := "aggregate.cache:" + id
+		v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return newResponseCache(c.MaxEntries)
+		})
+		if err != nil {
+			return fmt.Errorf("backend %q: cache: %w", b.Name, err)
+		}
+		h.poolKeys = append(h.poolKeys, key)
+		b.cache = v.(*responseCache)
+	}
+	return nil
+}
+
+// AdminAggregate implements registry.AggregateSource: every backend's
+// breaker and cache state, in config order.
+func (h *Handler) AdminAggregate() []registry.AggregateBackend {
+	out := make([]registry.AggregateBackend, len(h.Backends))
+	for i, b := range h.Backends {
+		out[i].Name = b.Name
+		if b.breaker != nil {
+			out[i].Breaker = b.breaker.state()
+			out[i].Failures = int(b.breaker.run.Load())
+		}
+		if b.cache != nil {
+			out[i].CacheEntries, out[i].CacheBytes = b.cache.stats()
+			out[i].CacheMaxEntries = b.cache.max
+		}
+	}
+	return out
 }
 
 // newTransport returns the transport shared by all backend calls of one
@@ -342,8 +549,24 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("backend %q: timeout must not be negative", b.Name)
 		}
 		if b.Target != "" {
-			if slices.Contains(b.target, "") {
+			if slices.Contains(strings.Split(b.Target, "."), "") {
 				return fmt.Errorf("backend %q: target %q has an empty segment", b.Name, b.Target)
+			}
+		}
+		if c := b.Breaker; c != nil {
+			if c.Failures < 1 {
+				return fmt.Errorf("backend %q: breaker: failures must be at least 1", b.Name)
+			}
+			if c.Cooldown <= 0 {
+				return fmt.Errorf("backend %q: breaker: cooldown must be positive", b.Name)
+			}
+		}
+		if c := b.Cache; c != nil {
+			if c.MaxEntries < 0 || c.MaxEntries > cacheMaxEntriesLimit {
+				return fmt.Errorf("backend %q: cache: max_entries %d must be between 1 and %d", b.Name, c.MaxEntries, cacheMaxEntriesLimit)
+			}
+			if m := strings.ToUpper(b.Method); m != "" && m != http.MethodGet && m != http.MethodHead {
+				return fmt.Errorf("backend %q: cache: only GET and HEAD responses are cached, not %s", b.Name, m)
 			}
 		}
 		for name, vals := range b.headers {
@@ -381,11 +604,23 @@ func validMethod(m string) bool {
 	return true
 }
 
-// Cleanup closes the idle connections of the handler's transport. Caddy
+// Cleanup leaves the admin registry, releases the handler's hold on the
+// shared breakers and caches (a config that keeps a backend still holds
+// them) and closes the idle connections of the handler's transport. Caddy
 // runs it on reload without waiting for the old config's requests; those
 // still served afterwards close their connections when they end (see
 // ServeHTTP), so none stays idle in a transport nobody uses.
 func (h *Handler) Cleanup() error {
+	if h.joined {
+		registry.Aggregates.Leave(h)
+		h.joined = false
+	}
+	for _, key := range h.poolKeys {
+		if _, err := pool.Delete(key); err != nil {
+			h.logger.Error("releasing shared state", zap.Error(err))
+		}
+	}
+	h.poolKeys = nil
 	if h.transport != nil {
 		h.cleanedUp.Store(true)
 		h.transport.CloseIdleConnections()
@@ -398,6 +633,21 @@ type call struct {
 	url    string
 	header http.Header
 	result
+	ttl time.Duration // with a cache: how long a 200 may be stored
+
+	// With {backends.*} values: what prepare expanded, and the channel
+	// closed when the call is over (for the backends that wait for it).
+	urlParts []string
+	pending  []pendingHeader
+	done     chan struct{}
+}
+
+// pendingHeader is a header value that waits for {backends.*} values.
+type pendingHeader struct {
+	name  string
+	index int
+	tmpl  headerTemplate
+	parts []string
 }
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -436,7 +686,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	tracer := requestTracer(r.Context())
 	calls := make([]call, len(h.Backends))
 	for i, b := range h.Backends {
-		u, err := b.url.expand(repl)
+		c := &calls[i]
+		var err error
+		if b.url.hasDeps {
+			c.urlParts, err = b.url.prepare(repl)
+		} else {
+			c.url, err = b.url.expand(repl)
+		}
 		if err != nil {
 			h.metrics.badRequest.Inc()
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: %w", b.Name, err))
@@ -446,7 +702,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		for name, tmpls := range b.headers {
 			vals := make([]string, len(tmpls))
 			for j, t := range tmpls {
-				if vals[j], err = t.expand(repl); err != nil {
+				if t.pieces != nil {
+					var parts []string
+					parts, err = t.prepare(repl)
+					c.pending = append(c.pending, pendingHeader{name: name, index: j, tmpl: t, parts: parts})
+				} else {
+					vals[j], err = t.expand(repl)
+				}
+				if err != nil {
 					h.metrics.badRequest.Inc()
 					return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("aggregate: backend %q: header %s: %w", b.Name, name, err))
 				}
@@ -459,20 +722,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if _, ok := hdr["User-Agent"]; !ok {
 			hdr["User-Agent"] = noUserAgent
 		}
-		calls[i].url, calls[i].header = u, hdr
+		c.header = hdr
 		private = private || b.private
 	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
-	var wg sync.WaitGroup
-	for i := 1; i < len(calls); i++ {
-		wg.Go(func() {
-			h.callBackend(ctx, tracer, h.Backends[i], &calls[i])
-		})
+	if h.chained {
+		h.callChained(ctx, tracer, calls)
+	} else {
+		var wg sync.WaitGroup
+		for i := 1; i < len(calls); i++ {
+			wg.Go(func() {
+				h.callBackend(ctx, tracer, h.Backends[i], &calls[i])
+			})
+		}
+		h.callBackend(ctx, tracer, h.Backends[0], &calls[0])
+		wg.Wait()
 	}
-	h.callBackend(ctx, tracer, h.Backends[0], &calls[0])
-	wg.Wait()
 	if h.cleanedUp.Load() {
 		// a request of a config already replaced: its connections
 		// would otherwise sit idle until IdleConnTimeout
@@ -529,16 +796,137 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return err
 }
 
-// callBackend makes one backend call, in its own span when tracer is set, and
-// counts it.
+// callChained runs the calls of a handler with dependent backends: every
+// backend starts at once, and one that uses {backends.*} values first waits
+// for the backends it names (each call ends by the total budget, so every
+// wait does). A dependency that failed, or a value that cannot be used,
+// gives code `dependency` without a call.
+func (h *Handler) callChained(ctx context.Context, tracer trace.Tracer, calls []call) {
+	for i, b := range h.Backends {
+		if b.dependedOn {
+			calls[i].done = make(chan struct{})
+		}
+	}
+	var wg sync.WaitGroup
+	for i, b := range h.Backends {
+		wg.Go(func() {
+			c := &calls[i]
+			if c.done != nil {
+				defer close(c.done)
+			}
+			for _, d := range b.deps {
+				<-calls[d].done
+			}
+			if b.hasDeps {
+				if err := c.resolve(b, calls); err != nil {
+					c.code = codeDependency
+					b.metrics.notCalled(codeDependency)
+					if tracer != nil {
+						_, span := startSpan(ctx, tracer, b, c.header)
+						endSpan(span, &c.result)
+					}
+					return
+				}
+			}
+			h.callBackend(ctx, tracer, b, c)
+		})
+	}
+	wg.Wait()
+}
+
+// resolve fills the URL and header values of c with the {backends.*}
+// values of the finished calls it depends on.
+func (c *call) resolve(b *Backend, calls []call) error {
+	lookup := func(ref *depRef) (string, error) {
+		dc := &calls[ref.dep]
+		if dc.code != "" {
+			return "", fmt.Errorf("%w: backend failed", errDependency)
+		}
+		return depValue(dc.value, ref.field)
+	}
+	if b.url.hasDeps {
+		u, err := b.url.fill(c.urlParts, lookup)
+		if err != nil {
+			return err
+		}
+		c.url = u
+	}
+	for _, p := range c.pending {
+		v, err := p.tmpl.fill(p.parts, lookup)
+		if err != nil {
+			return err
+		}
+		c.header[p.name][p.index] = v
+	}
+	return nil
+}
+
+// callBackend answers one backend, in its own span when tracer is set: from
+// its cache when it has a fresh entry, else by a call (shared by every
+// concurrent request of the same key when the backend has a cache).
 func (h *Handler) callBackend(ctx context.Context, tracer trace.Tracer, b *Backend, c *call) {
-	start := time.Now()
+	var span trace.Span
 	if tracer != nil {
-		var span trace.Span
 		ctx, span = startSpan(ctx, tracer, b, c.header)
 		defer endSpan(span, &c.result)
 	}
+	if b.cache == nil {
+		h.guardedFetch(ctx, b, c)
+		return
+	}
+	key := makeCacheKey(b.Method, c.url, c.header)
+	if e := b.cache.get(key, time.Now()); e != nil {
+		b.metrics.hits.Inc()
+		c.status, c.value = http.StatusOK, e.value
+		if span != nil {
+			span.SetAttributes(attrCacheHit)
+		}
+		return
+	}
+	b.metrics.misses.Inc()
+	if span != nil {
+		span.SetAttributes(attrCacheMiss)
+	}
+	url, header := c.url, c.header
+	res := b.cache.do(ctx, key, func(ctx context.Context) flightResult {
+		fc := call{url: url, header: header}
+		h.guardedFetch(ctx, b, &fc)
+		r := flightResult{status: fc.status, code: fc.code}
+		if fc.code == "" {
+			r.value = bytes.Clone(fc.value)
+			if fc.ttl > 0 && fc.status == http.StatusOK {
+				b.cache.put(key, r.value, fc.ttl)
+			}
+		}
+		if fc.buf != nil {
+			putBuf(fc.buf)
+		}
+		return r
+	})
+	c.status, c.code, c.value = res.status, res.code, res.value
+}
+
+// guardedFetch makes one backend call through the backend's breaker, if it
+// has one, and counts it.
+func (h *Handler) guardedFetch(ctx context.Context, b *Backend, c *call) {
+	start := time.Now()
+	if b.breaker == nil {
+		h.fetch(ctx, b, c)
+		b.metrics.observe(c.code, time.Since(start))
+		return
+	}
+	report := b.breaker.allow()
+	if report == nil {
+		c.code = codeCircuitOpen
+		b.metrics.notCalled(codeCircuitOpen)
+		return
+	}
 	h.fetch(ctx, b, c)
+	if c.code == codeStatus && c.status >= 500 {
+		report(codeStatus5xx)
+	} else {
+		report(c.code)
+	}
 	b.metrics.observe(c.code, time.Since(start))
 }
 
@@ -568,6 +956,9 @@ func (h *Handler) fetch(ctx context.Context, b *Backend, c *call) {
 		// itself is never passed on.
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		return
+	}
+	if b.cache != nil && resp.StatusCode == http.StatusOK {
+		c.ttl = freshness(resp.Header)
 	}
 	if resp.StatusCode == http.StatusNoContent || b.Method == http.MethodHead {
 		c.value = jsonNull

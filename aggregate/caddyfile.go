@@ -2,8 +2,10 @@ package aggregate
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -39,6 +41,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			required
 //			target    <field.path>
 //			fallback  <json>
+//			breaker   <failures> <cooldown>
+//			cache     [<max_entries>]
 //		}
 //		forward_headers <Name...>
 //		timeout     <duration>
@@ -48,13 +52,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // A backend block is optional. `header` may be repeated (values add up);
 // every other subdirective may appear once per block. `fallback` takes the
 // rest of the line as JSON; quote it with backticks when it holds spaces or
-// is a JSON string: fallback `"n/a"`.
+// is a JSON string: fallback `"n/a"`. A {backends.*} placeholder naming an
+// unknown backend, the backend itself, or closing a cycle is an error at
+// the line that uses it.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	seen := make(map[string]bool)
+	var uses [][]depUse // per backend, its {backends.*} keys and their lines
 	for d.NextBlock(0) {
 		sub := d.Val()
 		if sub != "backend" && sub != "forward_headers" {
@@ -65,10 +72,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		switch sub {
 		case "backend":
-			b, err := parseBackend(d)
+			b, u, err := parseBackend(d)
 			if err != nil {
 				return err
 			}
+			uses = append(uses, u)
 			for _, other := range h.Backends {
 				if other.Name == b.Name {
 					return d.Errf("duplicate backend name %q", b.Name)
@@ -128,48 +136,105 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(h.Backends) == 0 {
 		return d.Err("at least one backend is required")
 	}
-	return nil
+	return checkGraph(h.Backends, uses)
 }
 
-// parseBackend parses `backend <name> <url-template> [{ ... }]`.
-func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
-	b := new(Backend)
-	if !d.AllArgs(&b.Name, &b.URL) {
-		return nil, d.ArgErr()
+// depUse is one {backends.*} placeholder of a backend and the token of the
+// line that holds it.
+type depUse struct {
+	key string
+	tok caddyfile.Token
+}
+
+// checkGraph refuses unknown names, self-references and cycles, with the
+// line of the placeholder at fault.
+func checkGraph(backends []*Backend, uses [][]depUse) error {
+	names := make([]string, len(backends))
+	keys := make([][]string, len(backends))
+	for i, b := range backends {
+		names[i] = b.Name
+		for _, u := range uses[i] {
+			keys[i] = append(keys[i], u.key)
+		}
 	}
-	if !validName(b.Name) {
-		return nil, d.Errf("backend %q: the name must be UTF-8 text without control characters", b.Name)
+	_, err := dependencies(names, keys)
+	var ge *graphError
+	if !errors.As(err, &ge) {
+		return err
 	}
-	if _, err := compileURL(b.URL); err != nil {
+	for _, u := range uses[ge.backend] {
+		if u.key == ge.key {
+			at := caddyfile.NewDispenser([]caddyfile.Token{u.tok})
+			at.Next()
+			return at.Err(ge.msg)
+		}
+	}
+	return err
+}
+
+// usesOf returns the {backends.*} placeholders of s, at the current line.
+func usesOf(d *caddyfile.Dispenser, b *Backend, s string) ([]depUse, error) {
+	keys, err := depKeys(s)
+	if err != nil {
 		return nil, d.Errf("backend %q: %v", b.Name, err)
 	}
+	out := make([]depUse, len(keys))
+	for i, k := range keys {
+		out[i] = depUse{key: k, tok: d.Token()}
+	}
+	return out, nil
+}
+
+// parseBackend parses `backend <name> <url-template> [{ ... }]` and returns
+// the backend with its {backends.*} placeholders.
+func parseBackend(d *caddyfile.Dispenser) (*Backend, []depUse, error) {
+	b := new(Backend)
+	if !d.AllArgs(&b.Name, &b.URL) {
+		return nil, nil, d.ArgErr()
+	}
+	if !validName(b.Name) {
+		return nil, nil, d.Errf("backend %q: the name must be UTF-8 text without control characters", b.Name)
+	}
+	if _, err := compileURL(b.URL); err != nil {
+		return nil, nil, d.Errf("backend %q: %v", b.Name, err)
+	}
+	uses, err := usesOf(d, b, b.URL)
+	if err != nil {
+		return nil, nil, err
+	}
 	seen := make(map[string]bool)
+	var cacheTok caddyfile.Token
 	for d.NextBlock(1) {
 		sub := d.Val()
 		if sub != "header" {
 			if seen[sub] {
-				return nil, d.Errf("backend %q: duplicate subdirective %q", b.Name, sub)
+				return nil, nil, d.Errf("backend %q: duplicate subdirective %q", b.Name, sub)
 			}
 			seen[sub] = true
 		}
 		switch sub {
 		case "method":
 			if !d.AllArgs(&b.Method) {
-				return nil, d.ArgErr()
+				return nil, nil, d.ArgErr()
 			}
 			b.Method = strings.ToUpper(b.Method)
 			if !validMethod(b.Method) {
-				return nil, d.Errf("backend %q: invalid method %q", b.Name, b.Method)
+				return nil, nil, d.Errf("backend %q: invalid method %q", b.Name, b.Method)
 			}
 
 		case "header":
 			var name, value string
 			if !d.AllArgs(&name, &value) {
-				return nil, d.ArgErr()
+				return nil, nil, d.ArgErr()
 			}
 			if forbiddenHeaders[http.CanonicalHeaderKey(name)] {
-				return nil, d.Errf("backend %q: header %s cannot be set", b.Name, name)
+				return nil, nil, d.Errf("backend %q: header %s cannot be set", b.Name, name)
 			}
+			u, err := usesOf(d, b, value)
+			if err != nil {
+				return nil, nil, err
+			}
+			uses = append(uses, u...)
 			if b.Header == nil {
 				b.Header = make(map[string][]string)
 			}
@@ -178,47 +243,85 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 		case "timeout":
 			var s string
 			if !d.AllArgs(&s) {
-				return nil, d.ArgErr()
+				return nil, nil, d.ArgErr()
 			}
 			dur, err := caddy.ParseDuration(s)
 			if err != nil {
-				return nil, d.Errf("backend %q: parsing timeout: %v", b.Name, err)
+				return nil, nil, d.Errf("backend %q: parsing timeout: %v", b.Name, err)
 			}
 			if dur <= 0 {
-				return nil, d.Errf("backend %q: timeout must be positive", b.Name)
+				return nil, nil, d.Errf("backend %q: timeout must be positive", b.Name)
 			}
 			b.Timeout = caddy.Duration(dur)
 
 		case "required":
 			if d.NextArg() {
-				return nil, d.ArgErr()
+				return nil, nil, d.ArgErr()
 			}
 			b.Required = true
 
 		case "target":
 			if !d.AllArgs(&b.Target) {
-				return nil, d.ArgErr()
+				return nil, nil, d.ArgErr()
 			}
 			if slices.Contains(strings.Split(b.Target, "."), "") {
-				return nil, d.Errf("backend %q: target %q has an empty segment", b.Name, b.Target)
+				return nil, nil, d.Errf("backend %q: target %q has an empty segment", b.Name, b.Target)
 			}
 
 		case "fallback":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
-				return nil, d.ArgErr()
+				return nil, nil, d.ArgErr()
 			}
 			raw := strings.Join(args, " ")
 			if !json.Valid([]byte(raw)) || !utf8.ValidString(raw) {
-				return nil, d.Errf("backend %q: fallback is not valid JSON: %s", b.Name, raw)
+				return nil, nil, d.Errf("backend %q: fallback is not valid JSON: %s", b.Name, raw)
 			}
 			b.Fallback = json.RawMessage(raw)
 
+		case "breaker":
+			var n, cooldown string
+			if !d.AllArgs(&n, &cooldown) {
+				return nil, nil, d.ArgErr()
+			}
+			failures, err := strconv.Atoi(n)
+			if err != nil || failures < 1 {
+				return nil, nil, d.Errf("backend %q: breaker: failures %q must be a whole number, at least 1", b.Name, n)
+			}
+			dur, err := caddy.ParseDuration(cooldown)
+			if err != nil {
+				return nil, nil, d.Errf("backend %q: breaker: parsing cooldown: %v", b.Name, err)
+			}
+			if dur <= 0 {
+				return nil, nil, d.Errf("backend %q: breaker: cooldown must be positive", b.Name)
+			}
+			b.Breaker = &BreakerConfig{Failures: failures, Cooldown: caddy.Duration(dur)}
+
+		case "cache":
+			args := d.RemainingArgs()
+			if len(args) > 1 {
+				return nil, nil, d.ArgErr()
+			}
+			b.Cache = new(CacheConfig)
+			cacheTok = d.Token()
+			if len(args) == 1 {
+				n, err := strconv.Atoi(args[0])
+				if err != nil || n < 1 || n > cacheMaxEntriesLimit {
+					return nil, nil, d.Errf("backend %q: cache: max_entries %q must be a whole number from 1 to %d", b.Name, args[0], cacheMaxEntriesLimit)
+				}
+				b.Cache.MaxEntries = n
+			}
+
 		default:
-			return nil, d.Errf("unrecognized subdirective %q", sub)
+			return nil, nil, d.Errf("unrecognized subdirective %q", sub)
 		}
 	}
-	return b, nil
+	if b.Cache != nil && b.Method != "" && b.Method != http.MethodGet && b.Method != http.MethodHead {
+		at := caddyfile.NewDispenser([]caddyfile.Token{cacheTok})
+		at.Next()
+		return nil, nil, at.Errf("backend %q: cache: only GET and HEAD responses are cached, not %s", b.Name, b.Method)
+	}
+	return b, uses, nil
 }
 
 // Interface guard

@@ -15,6 +15,8 @@ const (
 	codeUnreachable = "unreachable"  // no response: connection refused, reset, DNS, TLS...
 	codeInvalidJSON = "invalid_json" // the 2xx body is not one valid JSON value
 	codeTooLarge    = "too_large"    // the body is longer than max_body
+	codeDependency  = "dependency"   // not called: a {backends.*} value it needs is missing, not a scalar, refused, or its backend failed
+	codeCircuitOpen = "circuit_open" // not called: its circuit breaker is open
 	codeCanceled    = "canceled"     // internal: the client went away; never written
 )
 

@@ -15,7 +15,7 @@ var (
 		Namespace: "caddy",
 		Subsystem: "aggregate",
 		Name:      "backend_calls_total",
-		Help:      "Backend calls made by aggregate, by backend name and outcome: ok, timeout, status, unreachable, invalid_json, too_large, canceled (the client went away).",
+		Help:      "Backend calls made by aggregate, by backend name and outcome: ok, timeout, status, unreachable, invalid_json, too_large, canceled (the client went away); dependency and circuit_open count backends not called. Cache hits are not calls (see cache_requests_total).",
 	}, []string{"backend", "outcome"})
 
 	backendDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -32,13 +32,27 @@ var (
 		Name:      "responses_total",
 		Help:      "Requests answered by aggregate, by status (200, 502, 504; 400 for a refused placeholder value, 499 when the client went away) and completeness (true when every backend succeeded).",
 	}, []string{"status", "complete"})
+
+	cacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "aggregate",
+		Name:      "cache_requests_total",
+		Help:      "Lookups in the shared cache of backends with `cache`, by backend name and result: hit (answered from the cache, no call) or miss.",
+	}, []string{"backend", "result"})
+
+	breakerState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy",
+		Subsystem: "aggregate",
+		Name:      "breaker_state",
+		Help:      "State of the circuit breaker of backends with `breaker`, by backend name: 0 closed, 1 half-open (an open breaker turns half-open at the first request after its cooldown), 2 open.",
+	}, []string{"backend"})
 )
 
 // collectors are registered by every Provision.
-var collectors = []prometheus.Collector{backendCalls, backendDuration, responses}
+var collectors = []prometheus.Collector{backendCalls, backendDuration, responses, cacheRequests, breakerState}
 
 // outcomes are the values of the outcome label, in outcomeIndex order.
-var outcomes = [...]string{"ok", codeTimeout, codeStatus, codeUnreachable, codeInvalidJSON, codeTooLarge, codeCanceled}
+var outcomes = [...]string{"ok", codeTimeout, codeStatus, codeUnreachable, codeInvalidJSON, codeTooLarge, codeCanceled, codeDependency, codeCircuitOpen}
 
 func outcomeIndex(code string) int {
 	switch code {
@@ -54,6 +68,10 @@ func outcomeIndex(code string) int {
 		return 4
 	case codeTooLarge:
 		return 5
+	case codeDependency:
+		return 7
+	case codeCircuitOpen:
+		return 8
 	default:
 		return 6
 	}
@@ -61,16 +79,25 @@ func outcomeIndex(code string) int {
 
 // backendMetrics are one backend's children, resolved at Provision.
 type backendMetrics struct {
-	calls    [len(outcomes)]prometheus.Counter
-	duration prometheus.Observer
+	calls        [len(outcomes)]prometheus.Counter
+	duration     prometheus.Observer
+	hits, misses prometheus.Counter // with `cache`
+	breaker      prometheus.Gauge   // with `breaker`
 }
 
-func newBackendMetrics(name string) backendMetrics {
+func newBackendMetrics(b *Backend) backendMetrics {
 	var m backendMetrics
 	for i, o := range outcomes {
-		m.calls[i] = backendCalls.WithLabelValues(name, o)
+		m.calls[i] = backendCalls.WithLabelValues(b.Name, o)
 	}
-	m.duration = backendDuration.WithLabelValues(name)
+	m.duration = backendDuration.WithLabelValues(b.Name)
+	if b.Cache != nil {
+		m.hits = cacheRequests.WithLabelValues(b.Name, "hit")
+		m.misses = cacheRequests.WithLabelValues(b.Name, "miss")
+	}
+	if b.Breaker != nil {
+		m.breaker = breakerState.WithLabelValues(b.Name)
+	}
 	return m
 }
 
@@ -78,6 +105,12 @@ func newBackendMetrics(name string) backendMetrics {
 func (m *backendMetrics) observe(code string, took time.Duration) {
 	m.calls[outcomeIndex(code)].Inc()
 	m.duration.Observe(took.Seconds())
+}
+
+// notCalled counts a backend that was not called (dependency,
+// circuit_open): no latency to observe.
+func (m *backendMetrics) notCalled(code string) {
+	m.calls[outcomeIndex(code)].Inc()
 }
 
 // responseMetrics are the handler's response counters, resolved at

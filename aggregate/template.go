@@ -17,16 +17,19 @@ type urlTemplate struct {
 	base     string  // scheme://authority, never holds a placeholder
 	path     []piece // path pieces; values escaped as one path segment
 	query    []piece // query pieces (without '?'); values query-escaped
-	shown    string  // the template without userinfo, for span attributes
+	shown    string  // the template without userinfo nor query values, for span attributes
 	hasQuery bool
+	hasDeps  bool // a piece is a {backends.*} placeholder
 	size     int  // length of the literal text, to size the builder
 	private  bool // a placeholder may carry per-client data (see isPrivateKey)
 }
 
-// piece is a literal text or, when key is set, a placeholder.
+// piece is a literal text or, when key is set, a placeholder; ref is set
+// (at Provision) for a {backends.*} placeholder.
 type piece struct {
 	lit string
 	key string
+	ref *depRef
 }
 
 // A response built with a placeholder is private (Cache-Control: private,
@@ -130,11 +133,16 @@ func compileURL(raw string) (*urlTemplate, error) {
 	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
 		shown = authority[at+1:]
 	}
-	t.shown = scheme + "://" + shown + rest[authEnd:]
 	pathPart, queryPart := rest[authEnd:], ""
 	if i := strings.IndexByte(pathPart, '?'); i >= 0 {
 		pathPart, queryPart = pathPart[:i], pathPart[i+1:]
 		t.hasQuery = true
+	}
+	// Query values, literal ones included, may be secrets (an API key in
+	// the URL): the trace shows the parameter names only.
+	t.shown = scheme + "://" + shown + pathPart
+	if t.hasQuery {
+		t.shown += "?" + queryNames(queryPart)
 	}
 	var err error
 	if t.path, err = splitPlaceholders(pathPart); err != nil {
@@ -157,7 +165,8 @@ func compileURL(raw string) (*urlTemplate, error) {
 	sample.WriteString(t.base)
 	for _, p := range t.path {
 		t.size += len(p.lit)
-		t.private = t.private || isPrivateKey(p.key)
+		t.private = t.private || isPrivateKey(p.key) && !isDepKey(p.key)
+		t.hasDeps = t.hasDeps || isDepKey(p.key)
 		if p.key != "" {
 			sample.WriteString("x")
 		}
@@ -168,7 +177,8 @@ func compileURL(raw string) (*urlTemplate, error) {
 	}
 	for _, p := range t.query {
 		t.size += len(p.lit)
-		t.private = t.private || isPrivateKey(p.key)
+		t.private = t.private || isPrivateKey(p.key) && !isDepKey(p.key)
+		t.hasDeps = t.hasDeps || isDepKey(p.key)
 		if p.key != "" {
 			sample.WriteString("x")
 		}
@@ -183,6 +193,20 @@ func compileURL(raw string) (*urlTemplate, error) {
 		return nil, fmt.Errorf("backend URL %q: no host", raw)
 	}
 	return t, nil
+}
+
+// queryNames returns the parameter names of a raw query template, joined by
+// '&', without their values.
+func queryNames(q string) string {
+	var sb strings.Builder
+	for i, param := range strings.FieldsFunc(q, func(r rune) bool { return r == '&' || r == ';' }) {
+		if i > 0 {
+			sb.WriteByte('&')
+		}
+		name, _, _ := strings.Cut(param, "=")
+		sb.WriteString(name)
+	}
+	return sb.String()
 }
 
 // checkLiterals refuses literal bytes that RFC 3986 does not allow in a path
@@ -319,6 +343,7 @@ type headerTemplate struct {
 	raw     string
 	dynamic bool
 	private bool
+	pieces  []piece // set when the value uses {backends.*}
 }
 
 func compileHeader(v string) headerTemplate {
@@ -331,7 +356,10 @@ func compileHeader(v string) headerTemplate {
 		return h
 	}
 	for _, p := range pieces {
-		h.private = h.private || isPrivateKey(p.key)
+		h.private = h.private || isPrivateKey(p.key) && !isDepKey(p.key)
+		if isDepKey(p.key) {
+			h.pieces = pieces
+		}
 	}
 	return h
 }
@@ -343,8 +371,137 @@ func (h headerTemplate) expand(repl *caddy.Replacer) (string, error) {
 		return h.raw, nil
 	}
 	v := repl.ReplaceAll(h.raw, "")
-	if strings.ContainsFunc(v, func(r rune) bool { return r != '\t' && unicode.IsControl(r) }) {
+	if strings.ContainsFunc(v, badHeaderRune) {
 		return "", fmt.Errorf("%w: control character in header value", errBadValue)
 	}
 	return v, nil
+}
+
+// bindDeps points every {backends.*} piece at the backend it names (the
+// graph was checked: every name exists).
+func bindDeps(pieces []piece, names []string) {
+	for i := range pieces {
+		if isDepKey(pieces[i].key) {
+			d, field, _ := resolveDep(pieces[i].key, names)
+			pieces[i].ref = &depRef{dep: d, field: field}
+		}
+	}
+}
+
+// depLookup returns the value of a {backends.*} placeholder for one request.
+type depLookup func(*depRef) (string, error)
+
+// prepare expands the request placeholders of a URL template that uses
+// {backends.*} values, before any backend is called, with the checks of
+// expand; parts holds, per piece (path then query), the escaped value, and
+// stays empty for literals and dependency values, which fill adds.
+func (t *urlTemplate) prepare(repl *caddy.Replacer) ([]string, error) {
+	parts := make([]string, len(t.path)+len(t.query))
+	for i, p := range t.path {
+		if p.key == "" || p.ref != nil {
+			continue
+		}
+		v, _ := repl.GetString(p.key)
+		if err := checkPathValue(v); err != nil {
+			return nil, fmt.Errorf("path placeholder {%s}: %w", p.key, err)
+		}
+		var sb strings.Builder
+		escapeSegment(&sb, v)
+		parts[i] = sb.String()
+	}
+	for i, p := range t.query {
+		if p.key == "" || p.ref != nil {
+			continue
+		}
+		v, _ := repl.GetString(p.key)
+		parts[len(t.path)+i] = url.QueryEscape(v)
+	}
+	return parts, nil
+}
+
+// fill renders the URL from prepared parts and the dependency values. A
+// dependency value is escaped for its position like any placeholder; one
+// the path rules refuse is an errDependency.
+func (t *urlTemplate) fill(parts []string, lookup depLookup) (string, error) {
+	var sb strings.Builder
+	sb.Grow(t.size + 64)
+	sb.WriteString(t.base)
+	for i, p := range t.path {
+		switch {
+		case p.ref != nil:
+			v, err := lookup(p.ref)
+			if err != nil {
+				return "", err
+			}
+			if err := checkPathValue(v); err != nil {
+				return "", fmt.Errorf("%w: {%s}: %w", errDependency, p.key, err)
+			}
+			escapeSegment(&sb, v)
+		case p.key != "":
+			sb.WriteString(parts[i])
+		default:
+			sb.WriteString(p.lit)
+		}
+	}
+	if t.hasQuery {
+		sb.WriteByte('?')
+		for i, p := range t.query {
+			switch {
+			case p.ref != nil:
+				v, err := lookup(p.ref)
+				if err != nil {
+					return "", err
+				}
+				sb.WriteString(url.QueryEscape(v))
+			case p.key != "":
+				sb.WriteString(parts[len(t.path)+i])
+			default:
+				sb.WriteString(p.lit)
+			}
+		}
+	}
+	return sb.String(), nil
+}
+
+// prepare expands the request placeholders of a header value that uses
+// {backends.*} values (see urlTemplate.prepare).
+func (h headerTemplate) prepare(repl *caddy.Replacer) ([]string, error) {
+	parts := make([]string, len(h.pieces))
+	for i, p := range h.pieces {
+		if p.key != "" && p.ref == nil {
+			parts[i], _ = repl.GetString(p.key)
+			if strings.ContainsFunc(parts[i], badHeaderRune) {
+				return nil, fmt.Errorf("%w: control character in header value", errBadValue)
+			}
+		}
+	}
+	return parts, nil
+}
+
+// badHeaderRune is a control character other than horizontal tab.
+func badHeaderRune(r rune) bool { return r != '\t' && unicode.IsControl(r) }
+
+// fill renders a header value from prepared parts and the dependency
+// values; a dependency value with a control character other than horizontal
+// tab is an errDependency.
+func (h headerTemplate) fill(parts []string, lookup depLookup) (string, error) {
+	var sb strings.Builder
+	for i, p := range h.pieces {
+		switch {
+		case p.ref != nil:
+			v, err := lookup(p.ref)
+			if err != nil {
+				return "", err
+			}
+			if strings.ContainsFunc(v, badHeaderRune) {
+				return "", fmt.Errorf("%w: {%s}: control character in header value", errDependency, p.key)
+			}
+			sb.WriteString(v)
+		case p.key != "":
+			sb.WriteString(parts[i])
+		default:
+			sb.WriteString(p.lit)
+		}
+	}
+	return sb.String(), nil
 }

@@ -61,8 +61,19 @@ func startSpan(ctx context.Context, tracer trace.Tracer, b *Backend, hdr http.He
 	return ctx, span
 }
 
+// Attributes of a backend span: a cache answer or a breaker refusal (no
+// call made) is visible on it.
+var (
+	attrCacheHit    = attribute.String("aggregate.cache", "hit")
+	attrCacheMiss   = attribute.String("aggregate.cache", "miss")
+	attrBreakerOpen = attribute.String("aggregate.breaker", "open")
+)
+
 // endSpan records the outcome of a backend call on its span and ends it.
 func endSpan(span trace.Span, res *result) {
+	if res.code == codeCircuitOpen {
+		span.SetAttributes(attrBreakerOpen)
+	}
 	if res.status != 0 {
 		span.SetAttributes(attribute.Int("http.response.status_code", res.status))
 	}
