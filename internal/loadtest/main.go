@@ -18,10 +18,12 @@
 //	go run ./internal/loadtest -caddy bin/caddy -n 5000 -c 16 -rounds 4
 //
 // With -pprof DIR, each scenario then gets another n requests between two
-// /debug/pprof/allocs snapshots, saved as DIR/<scenario>.before.pb.gz and
-// .after.pb.gz for `go tool pprof -sample_index=alloc_objects -diff_base`;
-// -memprofilerate 1 makes those profiles exact (and every figure of the
-// table slower).
+// allocation profiles (/debug/pprof/heap?gc=1, alloc_objects), saved as
+// DIR/<scenario>.before.pb.gz and .after.pb.gz for `go tool pprof
+// -sample_index=alloc_objects -diff_base`, and the program lists, per
+// scenario, the functions whose allocations per request differ from its
+// baseline's; -memprofilerate 1 makes those counts exact (and every figure
+// of the table slower).
 package main
 
 import (
@@ -67,7 +69,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 4, "alternating rounds")
 	limit := flag.Duration("timeout", 5*time.Minute, "hard limit for the whole run")
 	flag.StringVar(&o.only, "only", "", "comma-separated scenario names to run (with their baselines; the first baseline always runs)")
-	flag.StringVar(&o.pprofDir, "pprof", "", "directory for /debug/pprof/allocs snapshots around n more requests per scenario")
+	flag.StringVar(&o.pprofDir, "pprof", "", "directory for allocation profiles around n more requests per scenario, and a per-function diff over each baseline")
 	flag.IntVar(&o.memProfileRate, "memprofilerate", 0, "caddy's runtime.MemProfileRate (GODEBUG memprofilerate; 1 = every allocation; slows every figure)")
 	flag.Parse()
 	if o.n < 1 || o.conc < 1 || o.rounds < 1 {
@@ -250,8 +252,9 @@ func measureRound(ctx context.Context, client *http.Client, adm *admin, e *env, 
 	return nil
 }
 
-// profile saves /debug/pprof/allocs before and after n more requests per
-// scenario.
+// profile saves allocation profiles before and after n more requests per
+// scenario, and prints where each scenario allocates more than its
+// baseline.
 func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenario, o options) error {
 	if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
 		return err
@@ -272,6 +275,37 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 			return err
 		}
 		fmt.Printf("  go tool pprof -sample_index=alloc_objects -top -diff_base %[1]s/%[2]s.before.pb.gz %[1]s/%[2]s.after.pb.gz\n", o.pprofDir, sc.name)
+	}
+
+	// Per scenario, where its allocations per request differ from its
+	// baseline's: exact with -memprofilerate 1, an estimate otherwise.
+	byName := map[string]*scenario{}
+	for _, sc := range scs {
+		byName[sc.name] = sc
+	}
+	flat := map[string]map[string]int64{}
+	for _, sc := range scs {
+		if sc.skip == "" {
+			f, err := flatAllocs(ctx, o.pprofDir, sc.name)
+			if err != nil {
+				return err
+			}
+			flat[sc.name] = f
+		}
+	}
+	exact := "exact: memprofilerate 1"
+	if o.memProfileRate != 1 {
+		exact = "sampled: run with -memprofilerate 1 for exact counts"
+	}
+	for _, sc := range scs {
+		b := byName[sc.against]
+		if sc.skip != "" || b == nil || b.skip != "" {
+			continue
+		}
+		fmt.Printf("\n%s over %s, allocations per request by function (flat; %s):\n", sc.name, b.name, exact)
+		for _, d := range allocDeltas(flat[b.name], flat[sc.name], o.n, 0.1) {
+			fmt.Printf("  %+7.2f  %s\n", d.delta, d.fn)
+		}
 	}
 	return nil
 }

@@ -71,10 +71,12 @@ func (a *admin) readingOverhead(ctx context.Context) (memStats, error) {
 	return least, nil
 }
 
-// saveAllocs writes the caddy process's /debug/pprof/allocs profile to
-// dir/name.pb.gz.
+// saveAllocs writes the caddy process's heap profile (alloc_objects and
+// alloc_space are /debug/pprof/allocs; the same profile) to dir/name.pb.gz.
+// It is taken as /debug/pprof/heap?gc=1: the profile stands as of the
+// last GC, and only the heap endpoint runs one first.
 func (a *admin) saveAllocs(ctx context.Context, dir, name string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/allocs", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/heap?gc=1", nil)
 	if err != nil {
 		return err
 	}
@@ -84,7 +86,7 @@ func (a *admin) saveAllocs(ctx context.Context, dir, name string) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s/debug/pprof/allocs: %s", a.base, resp.Status)
+		return fmt.Errorf("%s/debug/pprof/heap: %s", a.base, resp.Status)
 	}
 	f, err := os.Create(filepath.Join(dir, name+".pb.gz"))
 	if err != nil {
