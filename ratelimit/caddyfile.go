@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -85,6 +86,9 @@ func compileAll(rates []Rate) []limit {
 //		ipv6_prefix  <bits>
 //		exempt       <cidr...>
 //		max_keys     <n>
+//		concurrent   <n>
+//		cost         <n|placeholder>
+//		cost_header  <Response-Header>
 //		dry_run
 //		headers      ietf|legacy|off
 //	}
@@ -97,6 +101,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	seen := make(map[string]bool)
+	costLine := 0
 	for d.NextBlock(0) {
 		name := d.Val()
 		if seen[name] && name != "rate" && name != "exempt" {
@@ -209,6 +214,49 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 
+		case "concurrent":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("concurrent must be a whole number of at least 1, got %q", d.Val())
+			}
+			h.Concurrent = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "cost":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Cost = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if !strings.Contains(h.Cost, "{") {
+				if n, err := strconv.Atoi(h.Cost); err != nil || n < 1 {
+					return d.Errf("cost must be a whole number of at least 1 or a placeholder, got %q", h.Cost)
+				}
+			}
+			if !utf8.ValidString(h.Cost) {
+				return d.Errf("cost %q is not valid UTF-8", h.Cost)
+			}
+			costLine = d.Line()
+
+		case "cost_header":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.CostHeader = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if !validHeaderName(h.CostHeader) {
+				return d.Errf("cost_header %q is not a valid header name", h.CostHeader)
+			}
+
 		case "dry_run":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -238,8 +286,23 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized subdirective %q", name)
 		}
 	}
-	if len(h.Rate) == 0 {
-		return d.Err("throttle: at least one rate is required")
+	if len(h.Rate) == 0 && h.Concurrent == 0 {
+		return d.Err("throttle: at least one rate or concurrent is required")
+	}
+	if (h.Cost != "" || h.CostHeader != "") && len(h.Rate) == 0 {
+		return d.Err("throttle: cost and cost_header need at least one rate")
+	}
+	if h.Cost != "" && !strings.Contains(h.Cost, "{") {
+		n, _ := strconv.Atoi(h.Cost)
+		smallest := 0
+		for _, r := range withBurst(h.Rate) {
+			if smallest == 0 || r.Burst < smallest {
+				smallest = r.Burst
+			}
+		}
+		if n > smallest {
+			return d.Errf("throttle: cost %d (line %d) is more than the smallest burst (%d): such a request could never pass", n, costLine, smallest)
+		}
 	}
 	return nil
 }

@@ -138,6 +138,37 @@ type Handler struct {
 	// Default: 100000.
 	MaxKeys int `json:"max_keys,omitempty"`
 
+	// At most this many requests of one key in progress at once; one more
+	// is refused with 429 and `Retry-After: 1`. A slot is taken when a
+	// request passes and given back when its response is finished or its
+	// client goes away; an upgraded connection (WebSocket) gives it back
+	// once the upgrade is answered. With rates beside it, a request must
+	// pass both, and one refused by either takes nothing from the other.
+	// In memory the count is per instance; with `redis` it is fleet-wide
+	// (each slot a lease, see Redis.Lease). Handlers sharing a zone share
+	// the counts; each enforces its own limit. Default: 0 (no limit).
+	Concurrent int `json:"concurrent,omitempty"`
+
+	// The units each request takes from every rate at once (all or
+	// nothing); the rate-limit headers count units. Either a whole number
+	// from 1 up to the smallest burst (more is a config error), or
+	// placeholders resolved per request, e.g.
+	// `{http.request.header.X-Cost}`: a request whose cost is not a whole
+	// number in that range is refused with 400 Bad Request and takes
+	// nothing. Needs a rate. Default: 1.
+	Cost string `json:"cost,omitempty"`
+
+	// Settle the cost when the response is finished: the whole number in
+	// this response header (or trailer), e.g. the tokens an LLM call used,
+	// replaces the cost taken up front. The difference is charged or given
+	// back on every rate; a charge may leave the key in debt (its next
+	// requests wait until it is paid), at most one burst of it: a key's
+	// state never runs more than twice the burst ahead. A missing or
+	// invalid value (not a whole number of at least 0) leaves the up-front
+	// cost standing. With `redis` the settlement is one more script call,
+	// after the response. Needs a rate.
+	CostHeader string `json:"cost_header,omitempty"`
+
 	// Count requests and send headers, but never refuse one.
 	DryRun bool `json:"dry_run,omitempty"`
 
@@ -168,6 +199,14 @@ type Handler struct {
 	logger   *zap.Logger
 	redis    *redisLimiter
 	redisKey string
+	units    int64  // a static cost
+	costVar  string // the placeholder Cost is made of alone, if so
+	costExpr bool   // Cost holds placeholders
+	maxUnits int64  // the smallest burst: the largest cost
+	holds    bool   // requests hold something until they finish (a slot, a settlement)
+	costHdr  string // CostHeader, canonical
+	trailer  string // CostHeader as an unannounced trailer
+	concName string // the quoted concurrency item name
 	now      func() int64 // clock of a new zone; nil for the monotonic clock (tests inject one)
 }
 
@@ -234,6 +273,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.Rate[i].Burst = h.Rate[i].Events
 		}
 	}
+	h.provisionCost()
 	if h.Redis != nil {
 		h.Redis.provision()
 	}
@@ -270,6 +310,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.names[i] = quote(name)
 		w := ceilSeconds(h.limits[i].tolerance)
 		policy[i] = h.names[i] + ";q=" + strconv.Itoa(r.Burst) + ";w=" + strconv.FormatInt(w, 10)
+	}
+	if h.Concurrent > 0 {
+		h.concName = quote(h.zoneName + "-concurrency")
+		policy = append(policy, h.concName+";q="+strconv.Itoa(h.Concurrent)+`;qu="concurrent-requests"`)
 	}
 	h.policy = strings.Join(policy, ", ")
 	h.bursts = make([]string, len(h.Rate))
@@ -317,8 +361,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration (after defaults).
 func (h *Handler) Validate() error {
-	if len(h.Rate) == 0 {
-		return errors.New("at least one rate is required")
+	if len(h.Rate) == 0 && h.Concurrent == 0 {
+		return errors.New("at least one rate or concurrent is required")
+	}
+	if err := h.checkCost(); err != nil {
+		return err
 	}
 	for i, r := range h.Rate {
 		if err := checkRate(r); err != nil {
@@ -364,23 +411,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	k := h.key(r, ip)
+	q := ask{units: h.units, slots: int64(h.Concurrent)}
+	if h.costExpr {
+		u, ok := h.costOf(r)
+		if !ok {
+			return caddyhttp.Error(http.StatusBadRequest, errBadCost)
+		}
+		q.units = u
+	}
 
 	var (
-		buf     [4]verdict
-		out     []verdict
-		allowed bool
-		err     error
+		buf [4]verdict
+		out []verdict
+		d   decision
+		err error
 	)
 	if h.redis != nil && len(h.limits) <= len(buf) {
 		out = buf[:len(h.limits)]
-		allowed, err = h.redis.take(r.Context(), k, h.limits, out)
+		d, err = h.redis.acquire(r.Context(), k, q, h.limits, out)
 	} else if h.mem != nil && len(h.limits) <= len(buf) {
 		// A direct call keeps out on the stack.
 		out = buf[:len(h.limits)]
-		allowed, err = h.mem.take(r.Context(), k, h.limits, out)
+		d, err = h.mem.acquire(r.Context(), k, q, h.limits, out)
 	} else {
 		heap := make([]verdict, len(h.limits))
-		allowed, err = h.limiter.take(r.Context(), k, h.limits, heap)
+		if h.redis != nil {
+			d, err = h.redis.acquire(r.Context(), k, q, h.limits, heap)
+		} else {
+			d, err = h.mem.acquire(r.Context(), k, q, h.limits, heap)
+		}
 		out = heap
 	}
 	if err != nil {
@@ -389,11 +448,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	h.setHeaders(w.Header(), out)
+	h.setHeaders(w.Header(), out, d)
 
-	if allowed {
+	if d.allowed {
 		h.counters.allowed.Inc()
-		return next.ServeHTTP(w, r)
+		if !h.holds {
+			return next.ServeHTTP(w, r)
+		}
+		return h.serveHolding(w, r, next, k, q, d)
 	}
 	if h.DryRun {
 		h.counters.dryRun.Inc()
@@ -404,6 +466,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	h.counters.refused.Inc()
+	reason := "rate"
+	if d.conc {
+		reason = "concurrency"
+		h.counters.refusedConc.Inc()
+	} else {
+		h.counters.refusedRate.Inc()
+	}
 	var wait int64
 	for _, v := range out {
 		wait = max(wait, v.wait)
@@ -411,12 +480,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	retry := max(ceilSeconds(wait), 1)
 	w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
-		c.Write(zap.String("zone", h.zoneName), zap.Int64("retry_after", retry))
+		c.Write(zap.String("zone", h.zoneName), zap.String("reason", reason), zap.Int64("retry_after", retry))
+	}
+	if d.conc {
+		return caddyhttp.Error(http.StatusTooManyRequests, errTooManyInProgress)
 	}
 	return caddyhttp.Error(http.StatusTooManyRequests, errRateLimited)
 }
 
-var errRateLimited = errors.New("rate limit exceeded")
+var (
+	errRateLimited       = errors.New("rate limit exceeded")
+	errTooManyInProgress = errors.New("too many requests in progress")
+	errBadCost           = errors.New("throttle: the request's cost is not a whole number from 1 to the smallest burst")
+)
 
 // isExempt reports whether the client IP is in an exempt range. Only the
 // client IP is looked at, never a configured key's text.
@@ -443,7 +519,7 @@ var (
 // of one response, and the bytes of the ones formatted per request, share
 // one allocation; each header gets a slice of its own, so a later handler
 // editing one in place touches nothing else.
-func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
+func (h *Handler) setHeaders(hdr http.Header, out []verdict, d decision) {
 	switch h.Headers {
 	case HeadersIETF:
 		hv := new(ietfValues)
@@ -458,11 +534,25 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict) {
 			b = append(b, ";t="...)
 			b = strconv.AppendInt(b, ceilSeconds(v.reset), 10)
 		}
+		if h.Concurrent > 0 {
+			if len(out) > 0 {
+				b = append(b, ", "...)
+			}
+			b = append(b, h.concName...)
+			b = append(b, ";r="...)
+			b = strconv.AppendInt(b, d.free, 10)
+		}
 		hv.v[0] = h.policy
 		hv.v[1] = bytesString(b, hv.buf[:])
 		hdr[hdrPolicy] = hv.v[0:1:1]
 		hdr[hdrRateLimit] = hv.v[1:2:2]
 	case HeadersLegacy:
+		if len(out) == 0 {
+			// concurrent alone: its limit and slots left
+			hdr[hdrLimit] = []string{strconv.Itoa(h.Concurrent)}
+			hdr[hdrRemaining] = []string{strconv.FormatInt(d.free, 10)}
+			return
+		}
 		j := 0
 		for i, v := range out {
 			if v.remaining < out[j].remaining || (v.remaining == out[j].remaining && v.reset > out[j].reset) {

@@ -402,10 +402,21 @@ func TestMetricsRegisterTwice(t *testing.T) {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != 1 || m.GetLabel()[0].GetName() != "zone" {
+			labels := m.GetLabel()
+			if mf.GetName() == "caddy_throttle_refusals_total" {
+				// zone and reason, in name order
+				if len(labels) != 2 || labels[0].GetName() != "reason" || (labels[0].GetValue() != "rate" && labels[0].GetValue() != "concurrency") {
+					t.Fatalf("%s has labels %v, want reason and zone", mf.GetName(), labels)
+				}
+				labels = labels[1:]
+			}
+			if len(labels) != 1 || labels[0].GetName() != "zone" {
 				t.Fatalf("%s has labels %v, want zone only", mf.GetName(), m.GetLabel())
 			}
-			got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			if mf.GetName() == "caddy_throttle_in_progress" {
+				continue
+			}
+			got[mf.GetName()+"/"+labels[0].GetValue()] += m.GetCounter().GetValue()
 		}
 	}
 	for name, want := range map[string]float64{

@@ -8,12 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -29,6 +29,7 @@ const (
 const (
 	DefaultRedisTimeout = 100 * time.Millisecond
 	DefaultRedisPrefix  = "throttle:"
+	DefaultRedisLease   = 30 * time.Second
 )
 
 // Redis keeps a zone's state in Redis, so that every Caddy instance naming
@@ -62,6 +63,12 @@ type Redis struct {
 	// Prefix of every Redis key, so that several applications can share a
 	// Redis. Not expanded. Default: `throttle:`.
 	Prefix string `json:"prefix,omitempty"`
+
+	// The lifetime of a concurrency slot (`concurrent`): each slot is a
+	// lease in Redis, renewed every third of it while its request runs, so
+	// the slots of an instance that crashed come back within it. At least
+	// 1s. Default: 30s.
+	Lease caddy.Duration `json:"lease,omitempty"`
 }
 
 // provision sets defaults.
@@ -74,6 +81,9 @@ func (rc *Redis) provision() {
 	}
 	if rc.Prefix == "" {
 		rc.Prefix = DefaultRedisPrefix
+	}
+	if rc.Lease == 0 {
+		rc.Lease = caddy.Duration(DefaultRedisLease)
 	}
 }
 
@@ -88,6 +98,9 @@ func (rc *Redis) check(zone string) error {
 	}
 	if rc.Timeout <= 0 {
 		return fmt.Errorf("redis: timeout must be positive, got %s", time.Duration(rc.Timeout))
+	}
+	if time.Duration(rc.Lease) < time.Second {
+		return fmt.Errorf("redis: lease must be at least 1s, got %s", time.Duration(rc.Lease))
 	}
 	if strings.ContainsAny(rc.Prefix, "{}") {
 		return fmt.Errorf("redis: prefix %q must not contain braces (they would move the Cluster hash tag)", rc.Prefix)
@@ -130,11 +143,17 @@ type redisZone struct {
 	timeout time.Duration
 	base    string // prefix + zone, before the {client} hash tag
 	limits  []redisLimit
-	args    []string // the script's ARGV, the same for every call
+	args    []string // the script's ARGV for a request of the static cost without a slot
+	finArgs []string // the finish script's ARGV after the first two
 	refused *refusalCache
 	metrics redisCounters
 	logger  *zap.Logger
 	zone    string
+	slots   int64    // concurrent; 0 for none
+	leases  leaseSet // the leases this handler's requests hold
+	units   int64    // the static cost args carries
+
+	settleWarned atomic.Bool // a failed settlement was logged since the last success
 }
 
 // redisOutcome is what the Redis side decided about one request.
@@ -159,7 +178,10 @@ type redisZoneConfig struct {
 	zoneID  string // the zone's identity in key names
 	zone    string // the zone's name in metrics
 	rates   []Rate
-	maxKeys int // bounds the refusal cache
+	units   int64 // the static cost
+	slots   int64 // concurrent
+	debt    bool  // cost_header: a key may owe one burst
+	maxKeys int   // bounds the refusal cache
 	reg     prometheus.Registerer
 	logger  *zap.Logger
 }
@@ -172,14 +194,20 @@ func newRedisZone(c redisZoneConfig) (*redisZone, error) {
 		timeout: time.Duration(c.cfg.Timeout),
 		base:    c.cfg.Prefix + c.zoneID,
 		limits:  make([]redisLimit, len(c.rates)),
-		args:    make([]string, 0, 2*len(c.rates)),
 		refused: newRefusalCache(c.maxKeys),
 		logger:  c.logger,
 		zone:    c.zone,
+		slots:   c.slots,
+		units:   max(c.units, 1),
 	}
+	lease := time.Duration(c.cfg.Lease)
+	z.leases.init(lease)
+	z.args = append(make([]string, 0, 4+3*len(c.rates)),
+		strconv.FormatInt(z.units, 10), strconv.FormatInt(z.slots, 10), strconv.FormatInt(lease.Milliseconds(), 10), "")
 	for i, r := range c.rates {
-		z.limits[i] = newRedisLimit(r)
-		z.args = append(z.args, z.limits[i].argI, z.limits[i].argTol)
+		z.limits[i] = newRedisLimit(r, c.debt)
+		z.args = append(z.args, z.limits[i].argI, z.limits[i].argTol, z.limits[i].argCap)
+		z.finArgs = append(z.finArgs, z.limits[i].argI, z.limits[i].argCap)
 	}
 	var err error
 	z.metrics, err = newRedisCounters(c.reg, c.zone, z.policy)
@@ -188,10 +216,18 @@ func newRedisZone(c redisZoneConfig) (*redisZone, error) {
 
 // keys returns the Redis keys of client id, one per rate, built in one
 // allocation.
+//
+// With concurrent, one more key follows: the client's set of leases,
+// `<prefix><zone>{<client>}:c`, in the same Cluster slot.
 func (z *redisZone) keys(id string) []string {
 	n := 0
 	for _, l := range z.limits {
 		n += len(z.base) + len(id) + 2 + len(l.suffix)
+	}
+	nk := len(z.limits)
+	if z.slots > 0 {
+		n += len(z.base) + len(id) + 2 + len(slotsSuffix)
+		nk++
 	}
 	b := make([]byte, 0, n)
 	for _, l := range z.limits {
@@ -201,49 +237,35 @@ func (z *redisZone) keys(id string) []string {
 		b = append(b, '}')
 		b = append(b, l.suffix...)
 	}
+	if z.slots > 0 {
+		b = append(b, z.base...)
+		b = append(b, '{')
+		b = append(b, id...)
+		b = append(b, '}')
+		b = append(b, slotsSuffix...)
+	}
 	all := string(b)
-	keys := make([]string, len(z.limits))
+	keys := make([]string, nk)
 	off := 0
 	for i, l := range z.limits {
 		m := len(z.base) + len(id) + 2 + len(l.suffix)
 		keys[i] = all[off : off+m]
 		off += m
 	}
+	if z.slots > 0 {
+		keys[nk-1] = all[off:]
+	}
 	return keys
 }
 
-// take decides about one request of client id. It answers from the refusal
-// cache when the client was refused and its wait is not over; otherwise it
-// asks Redis, unless Redis is down; when Redis cannot answer it returns the
-// fallback outcome of the on_error policy. out has one element per rate.
+// slotsSuffix names a client's set of leases.
+const slotsSuffix = ":c"
+
+// take decides about one request of client id, of cost 1 without a slot
+// (see acquire).
 func (z *redisZone) take(ctx context.Context, id string, out []verdict) (redisOutcome, bool) {
-	if z.refused.lookup(id, z.limits, out) {
-		z.metrics.localRefusals.Inc()
-		return redisDecided, false
-	}
-	c := z.client.get()
-	if c == nil {
-		return z.fallback(), false
-	}
-	allowed, err := z.call(ctx, c, id, out)
-	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			// The client went away: no verdict of Redis's health.
-			return z.fallback(), false
-		}
-		z.metrics.errors.Inc()
-		if redisOutage(err) {
-			z.client.fail(err)
-		}
-		if ce := z.logger.Check(zapcore.DebugLevel, "redis call failed"); ce != nil {
-			ce.Write(zap.String("zone", z.zone), zap.String("error", redactError(err, z.client.secrets)))
-		}
-		return z.fallback(), false
-	}
-	if !allowed {
-		z.refused.store(id, z.limits, out)
-	}
-	return redisDecided, allowed
+	res, d := z.acquire(ctx, id, ask{units: 1}, out)
+	return res, d.allowed
 }
 
 // fallback counts and returns the on_error outcome.
@@ -258,38 +280,51 @@ func (z *redisZone) fallback() redisOutcome {
 	return redisFallbackLocal
 }
 
-// call runs the script for client id within the timeout.
-func (z *redisZone) call(ctx context.Context, c rueidis.Client, id string, out []verdict) (bool, error) {
+// call runs the script with keys and args within the timeout, and returns
+// its flag ("1" admitted, "0" refused by a rate, "2" for want of a slot)
+// and the slots left.
+func (z *redisZone) call(ctx context.Context, c rueidis.Client, keys, args []string, out []verdict) (flag string, free int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, z.timeout)
 	defer cancel()
 	start := time.Now()
 	z.metrics.calls.Inc()
-	res := gcraLua.Exec(ctx, c, z.keys(id), z.args)
+	res := gcraLua.Exec(ctx, c, keys, args)
 	z.metrics.duration.Observe(time.Since(start).Seconds())
 	arr, err := res.ToArray()
 	if err != nil {
-		return false, err
+		return "", 0, err
 	}
-	if len(arr) != len(z.limits)+1 {
-		return false, fmt.Errorf("throttle script: %d replies, want %d", len(arr), len(z.limits)+1)
+	if len(arr) != len(z.limits)+2 {
+		return "", 0, fmt.Errorf("throttle script: %d replies, want %d", len(arr), len(z.limits)+2)
 	}
-	flag, err := arr[0].ToString()
+	flag, err = arr[0].ToString()
 	if err != nil {
-		return false, err
+		return "", 0, err
 	}
-	allowed := flag == "1"
+	s, err := arr[1].ToString()
+	if err != nil {
+		return "", 0, err
+	}
+	if free, err = strconv.ParseInt(s, 10, 64); err != nil {
+		return "", 0, fmt.Errorf("throttle script: bad reply %q", s)
+	}
+	units, _ := strconv.ParseInt(args[0], 10, 64)
 	for i, l := range z.limits {
-		s, err := arr[i+1].ToString()
+		s, err := arr[i+2].ToString()
 		if err != nil {
-			return false, err
+			return "", 0, err
 		}
 		usedUS, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || usedUS < 0 {
-			return false, fmt.Errorf("throttle script: bad reply %q", s)
+			return "", 0, fmt.Errorf("throttle script: bad reply %q", s)
 		}
-		out[i] = judge(usedUS*1000, l.limit)
+		if flag == "1" {
+			out[i] = judge(usedUS*1000, l.limit)
+		} else {
+			out[i] = judgeRefused(usedUS*1000, units, l.limit)
+		}
 	}
-	return allowed, nil
+	return flag, free, nil
 }
 
 // redisOutage tells errors that say Redis cannot serve anyone (a timeout,
@@ -348,8 +383,9 @@ func (c *refusalCache) shard(id string) *refusalShard {
 	return &c.shards[maphash.String(c.seed, id)%refusalShards]
 }
 
-// lookup fills out and reports true when id is still refused.
-func (c *refusalCache) lookup(id string, limits []redisLimit, out []verdict) bool {
+// lookup fills out and reports true when id is still refused for a
+// request of units.
+func (c *refusalCache) lookup(id string, limits []redisLimit, units int64, out []verdict) bool {
 	sh := c.shard(id)
 	now := monotonicNow()
 	sh.mu.Lock()
@@ -363,26 +399,45 @@ func (c *refusalCache) lookup(id string, limits []redisLimit, out []verdict) boo
 		return false
 	}
 	elapsed := now - r.at
+	refused := false
 	for i, l := range limits {
-		out[i] = judge(r.used[i]-elapsed, l.limit)
+		if max(r.used[i]-elapsed, 0)+units*l.interval > l.tolerance {
+			refused = true
+		}
+	}
+	if !refused {
+		return false // a cheaper request than the one refused may pass
+	}
+	for i, l := range limits {
+		out[i] = judgeRefused(max(r.used[i]-elapsed, 0), units, l.limit)
 	}
 	return true
 }
 
-// store remembers that id was refused with the verdicts out.
+// refusalSample bounds the entries store looks at for expired ones when
+// its shard is full, so that a shard full of waiting clients costs a
+// refusal a few entries' work under the lock, not thousands.
+const refusalSample = 16
+
+// store remembers that id was refused with the verdicts out. The wait
+// never exceeds what the rates could impose (see redisLimit.capUS), even
+// if Redis's clock or state said otherwise.
 func (c *refusalCache) store(id string, limits []redisLimit, out []verdict) {
 	now := monotonicNow()
 	r := refusal{at: now, used: make([]int64, len(limits))}
-	var wait int64
+	var wait, bound int64
 	for i, l := range limits {
-		// Invert judge: used = the time the TAT runs ahead of now.
+		// Invert judgeRefused: used = the time the TAT runs ahead of now.
 		if out[i].remaining > 0 {
 			r.used[i] = out[i].reset
 		} else {
-			r.used[i] = out[i].wait + l.tolerance - l.interval
+			r.used[i] = out[i].reset + l.tolerance - l.interval
 		}
+		r.used[i] = min(r.used[i], l.capUS*1000)
 		wait = max(wait, out[i].wait)
+		bound = max(bound, l.capUS*1000)
 	}
+	wait = min(wait, bound)
 	if wait <= 0 {
 		return
 	}
@@ -390,10 +445,14 @@ func (c *refusalCache) store(id string, limits []redisLimit, out []verdict) {
 	sh := c.shard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if len(sh.m) >= c.per {
+	if _, ok := sh.m[id]; !ok && len(sh.m) >= c.per {
+		seen := 0
 		for k, e := range sh.m {
 			if now >= e.until {
 				delete(sh.m, k)
+			}
+			if seen++; seen >= refusalSample {
+				break
 			}
 		}
 		if len(sh.m) >= c.per {

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -14,6 +15,7 @@ import (
 //		on_error  local|allow|deny
 //		timeout   <duration>
 //		prefix    <string>
+//		lease     <duration>
 //	}
 //
 // It only fills fields; URLs without placeholders are checked for their
@@ -58,6 +60,12 @@ func unmarshalRedis(d *caddyfile.Dispenser) (*Redis, error) {
 				return nil, d.Errf("redis: timeout must be a positive duration, e.g. 100ms, got %q", val)
 			}
 			rc.Timeout = caddy.Duration(dur)
+		case "lease":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur < time.Second {
+				return nil, d.Errf("redis: lease must be a duration of at least 1s, e.g. 30s, got %q", val)
+			}
+			rc.Lease = caddy.Duration(dur)
 		case "prefix":
 			if strings.ContainsAny(val, "{}") {
 				return nil, d.Errf("redis: prefix %q must not contain braces (they would move the Cluster hash tag)", val)

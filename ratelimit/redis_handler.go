@@ -78,10 +78,14 @@ func (h *Handler) joinRedis(ctx caddy.Context, mem *memStore) error {
 	}
 	rl.z, err = newRedisZone(redisZoneConfig{
 		client: c, cfg: h.Redis, zoneID: id, zone: h.zoneName, rates: h.Rate,
+		units: h.units, slots: int64(h.Concurrent), debt: h.CostHeader != "",
 		maxKeys: h.MaxKeys, reg: ctx.GetMetricsRegistry(), logger: h.logger,
 	})
 	if err != nil {
 		return err
+	}
+	if h.Concurrent > 0 {
+		rl.z.startRenewer()
 	}
 	rl.local = mem
 	rl.sub, err = joinResetSub(c, key, resetChannel(h.Redis.Prefix))
@@ -90,6 +94,9 @@ func (h *Handler) joinRedis(ctx caddy.Context, mem *memStore) error {
 
 // cleanupRedis releases the handler's use of its Redis client.
 func (h *Handler) cleanupRedis() error {
+	if h.redis != nil && h.redis.z != nil {
+		h.redis.z.closeLeases()
+	}
 	if h.redis != nil && h.redis.sub != "" {
 		_, _ = resetSubs.Delete(h.redis.sub)
 		h.redis.sub = ""

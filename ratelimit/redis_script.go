@@ -6,32 +6,53 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// gcraScript checks one request against every rate of a key, on Redis's own
-// clock, all-or-nothing. KEYS[i] holds the theoretical arrival time (TAT)
-// of rate i, in microseconds of Redis's TIME; ARGV[2i-1] and ARGV[2i] are
-// the rate's emission interval and tolerance (burst × interval) in
-// microseconds.
+// gcraScript checks one request against every rate of a key, and against
+// its slots when it has `concurrent`, on Redis's own clock, all-or-nothing.
+// KEYS[i] holds the theoretical arrival time (TAT) of rate i, in
+// microseconds of Redis's TIME; with slots, the last key is the key's sorted
+// set of leases (member: a request's lease, score: when it expires, in
+// milliseconds of Redis's TIME). ARGV[1] is the request's cost in units,
+// ARGV[2] the slots (0: none), ARGV[3] the lease in milliseconds, ARGV[4]
+// the request's lease; then per rate its emission interval, tolerance
+// (burst × interval) and cap (how far a TAT may lawfully run ahead of now:
+// the tolerance, plus one burst of debt with cost_header), in microseconds.
 //
-// It writes only when every rate admits the request, and then sets each
-// key to expire when its bucket is full again, so idle clients cost no
-// memory. It replies with strings, "1" (admitted) or "0", then for each
-// rate how far the TAT runs ahead of now after the decision, in
-// microseconds: Redis would truncate Lua numbers it converts to integers,
-// and %.0f prints an integral double exactly.
+// What it reads is clamped to the cap: a clock stepped backwards leaves
+// TATs far ahead of the new now, and without the clamp would lock the
+// client out for the length of the step. It writes only when the slots and
+// every rate admit the request, and then sets each key to expire when its
+// bucket is full again (the lease set when its last lease expires), so idle
+// clients cost no memory. Expired leases (of a crashed instance) are
+// dropped before counting. It replies with strings: "1" (admitted), "0"
+// (refused by a rate) or "2" (refused for want of a slot), the slots left,
+// then for each rate how far the TAT runs ahead of now after the decision,
+// in microseconds: Redis would truncate Lua numbers it converts to
+// integers, and %.0f prints an integral double exactly.
 //
 // Microseconds since 1970 stay below 2^53, and checkRate bounds the
 // tolerance, so every number is exact in Lua's doubles. A value that is not
 // a timestamp (someone else wrote the key) is an error reply before any
-// write; a key of another type fails GET with WRONGTYPE, also before any
-// write. No redis.replicate_commands(): scripts replicate their effects
-// since Redis 5 (Valkey too), and TIME before a write is allowed.
+// write of a TAT; a key of another type fails with WRONGTYPE, also before.
+// No redis.replicate_commands(): scripts replicate their effects since
+// Redis 5 (Valkey too), and TIME before a write is allowed.
 const gcraScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local units = tonumber(ARGV[1])
+local slots = tonumber(ARGV[2])
 local n = #KEYS
+local free = 0
+local slotOK = true
+if slots > 0 then
+  n = n - 1
+  redis.call('ZREMRANGEBYSCORE', KEYS[n+1], '-inf', now / 1000)
+  local used = redis.call('ZCARD', KEYS[n+1])
+  if used >= slots then slotOK = false else free = slots - used - 1 end
+end
 local tats = {}
 local ok = true
 for i = 1, n do
+  local iv, tol, cap = tonumber(ARGV[3*i+2]), tonumber(ARGV[3*i+3]), tonumber(ARGV[3*i+4])
   local tat = now
   local v = redis.call('GET', KEYS[i])
   if v then
@@ -39,22 +60,94 @@ for i = 1, n do
     if not x or not (x > -1e16 and x < 1e16) then
       return redis.error_reply('ERR throttle: ' .. KEYS[i] .. ' does not hold a timestamp')
     end
-    tat = math.max(x, now)
+    tat = math.min(math.max(x, now), now + cap)
   end
-  if tat + tonumber(ARGV[2*i-1]) - now > tonumber(ARGV[2*i]) then ok = false end
+  if tat + units * iv - now > tol then ok = false end
   tats[i] = tat
 end
-local out = {ok and '1' or '0'}
+local flag = '1'
+if not ok then flag = '0' elseif not slotOK then flag = '2' end
+if flag ~= '1' then free = 0 end
+local out = {flag, string.format('%d', free)}
 for i = 1, n do
   local tat = tats[i]
-  if ok then
-    tat = tat + tonumber(ARGV[2*i-1])
+  if flag == '1' then
+    tat = tat + units * tonumber(ARGV[3*i+2])
     redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
   end
-  out[i+1] = string.format('%.0f', tat - now)
+  out[i+2] = string.format('%.0f', tat - now)
+end
+if flag == '1' and slots > 0 then
+  redis.call('ZADD', KEYS[n+1], math.floor(now / 1000) + tonumber(ARGV[3]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[n+1], ARGV[3])
 end
 return out
 `
+
+// finishScript gives back a request's lease and settles its cost, on
+// Redis's clock. KEYS[i] are the rate keys, then the lease set when ARGV[2]
+// (the lease) is not empty; ARGV[1] is the difference in units between the
+// reported and the up-front cost (charged when positive, given back when
+// negative), then per rate its interval and cap as in gcraScript. A TAT
+// never moves back past now (a bucket is never fuller than full) nor forward
+// past now + cap (the debt a key may owe).
+const finishScript = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local delta = tonumber(ARGV[1])
+local n = #KEYS
+if ARGV[2] ~= '' then
+  n = n - 1
+  redis.call('ZREM', KEYS[n+1], ARGV[2])
+end
+if delta ~= 0 then
+  for i = 1, n do
+    local iv, cap = tonumber(ARGV[2*i+1]), tonumber(ARGV[2*i+2])
+    local tat = now
+    local v = redis.call('GET', KEYS[i])
+    if v then
+      local x = tonumber(v)
+      if not x or not (x > -1e16 and x < 1e16) then
+        return redis.error_reply('ERR throttle: ' .. KEYS[i] .. ' does not hold a timestamp')
+      end
+      tat = math.min(math.max(x, now), now + cap)
+    end
+    local d = delta
+    local bound = math.floor(cap / iv) + 1
+    if d > bound then d = bound elseif d < -bound then d = -bound end
+    tat = math.min(math.max(tat + d * iv, now), now + cap)
+    if tat > now then
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+return 1
+`
+
+// renewScript renews leases: KEYS[1] is a lease set, ARGV[1] the lease in
+// milliseconds, ARGV[2...] the leases, renewed only while they exist (one
+// that expired was given up, and may have been taken by another request).
+// It replies with how many it renewed.
+const renewScript = `
+local t = redis.call('TIME')
+local exp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local kept = 0
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', exp, ARGV[i])
+    kept = kept + 1
+  end
+end
+if kept > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return kept
+`
+
+var (
+	finishLua = rueidis.NewLuaScript(finishScript)
+	renewLua  = rueidis.NewLuaScript(renewScript)
+)
 
 var gcraLua = rueidis.NewLuaScript(gcraScript)
 
@@ -66,13 +159,22 @@ type redisLimit struct {
 	toleranceUS  int64
 	suffix       string // ":<interval µs>x<burst>": state is never read under another rate
 	argI, argTol string
+	capUS        int64 // how far a TAT may run ahead of now: tolerance, or 2 × with cost_header
+	argCap       string
 }
 
-// newRedisLimit converts a valid rate.
-func newRedisLimit(r Rate) redisLimit {
+// newRedisLimit converts a valid rate; debt allows the TAT one more burst
+// ahead (cost_header).
+func newRedisLimit(r Rate, debt bool) redisLimit {
 	ivUS := (interval(r) + 999) / 1000
 	tolUS := ivUS * int64(r.Burst)
+	capUS := tolUS
+	if debt {
+		capUS = 2 * tolUS
+	}
 	return redisLimit{
+		capUS:       capUS,
+		argCap:      strconv.FormatInt(capUS, 10),
 		limit:       limit{interval: ivUS * 1000, tolerance: tolUS * 1000},
 		intervalUS:  ivUS,
 		toleranceUS: tolUS,

@@ -75,9 +75,12 @@ type memStore struct {
 
 type shard struct {
 	mu sync.Mutex
+	// inflight counts the slots each key holds (keys with `concurrent`),
+	// only while it holds one: bounded by the requests in progress.
+	inflight map[uint64]int32
 	// pad to whole cache lines: shards on separate lines (not last: a
 	// zero-size last field would be padded)
-	_ [(64 - (8+unsafe.Sizeof(table{}))%64) % 64]byte
+	_ [(64 - (16+unsafe.Sizeof(table{}))%64) % 64]byte
 	t table
 }
 
@@ -159,41 +162,94 @@ func fmix64(x uint64) uint64 {
 	return x
 }
 
-func (s *memStore) take(_ context.Context, k key, limits []limit, out []verdict) (bool, error) {
+func (s *memStore) take(ctx context.Context, k key, limits []limit, out []verdict) (bool, error) {
+	d, err := s.acquire(ctx, k, ask{units: 1}, limits, out)
+	return d.allowed, err
+}
+
+// ask is what one request asks of a zone: units from every rate (its
+// cost, at least 1) and, with slots > 0, one of at most slots requests of
+// its key in progress.
+type ask struct {
+	units int64
+	slots int64
+}
+
+// decision is a limiter's answer to one request.
+type decision struct {
+	allowed bool
+	// conc: refused for want of a slot (the rates took nothing).
+	conc bool
+	// free is the number of slots left after this request (with slots).
+	free int64
+	// held: the request holds a slot of the in-memory store, to give back
+	// with release.
+	held bool
+	// local: the rates were taken in the in-memory store (a memory zone,
+	// or on_error local), so a settlement goes there.
+	local bool
+	// lease is the Redis lease of the slot the request holds, if any.
+	lease *lease
+	// id is the key's text in Redis (a Redis decision).
+	id string
+}
+
+// acquire checks one request of key k, asking q, against the slots and
+// every limit, and only when all of them admit it takes a slot and q.units
+// from every limit, in one step under the shard's lock: a request refused by
+// either takes nothing from the other.
+func (s *memStore) acquire(_ context.Context, k key, q ask, limits []limit, out []verdict) (decision, error) {
 	if len(limits) != s.rates {
-		return false, errRatesMismatch
+		return decision{}, errRatesMismatch
 	}
 	h := s.hash(k)
 	sh := &s.shards[h>>s.shift]
 	t := &sh.t
 	now := s.now()
+	d := decision{allowed: true, local: true}
 
 	sh.mu.Lock()
-	if t.n >= int(s.perShard.Load()) {
-		// Full: a new key will need the next victim's slot. Load it now,
-		// so that its cache miss overlaps the lookup's.
-		t.touchNext()
+	var inUse int64
+	if q.slots > 0 {
+		inUse = int64(sh.inflight[h])
+		if inUse >= q.slots {
+			d.allowed, d.conc = false, true
+		}
 	}
-	slot, found := t.find(h)
-	var tats []int64
-	if found {
-		tats = t.tats(slot)
+	var (
+		tats  []int64
+		found bool
+		slot  int
+	)
+	if len(limits) > 0 {
+		if t.n >= int(s.perShard.Load()) {
+			// Full: a new key will need the next victim's slot. Load it
+			// now, so that its cache miss overlaps the lookup's.
+			t.touchNext()
+		}
+		slot, found = t.find(h)
+		if found {
+			tats = t.tats(slot)
+		}
 	}
-	allowed := true
+	rateOK := true
 	for i, l := range limits {
 		tat := now
 		if found {
 			tat = max(tats[i], now)
 		}
 		out[i].reset = tat // the TAT before this request, for now
-		if tat+l.interval-now > l.tolerance {
-			allowed = false
+		if tat+q.units*l.interval-now > l.tolerance {
+			rateOK = false
 		}
 	}
-	if allowed {
+	if !rateOK {
+		d.allowed, d.conc = false, false
+	}
+	if d.allowed && len(limits) > 0 {
 		if found {
 			for i, l := range limits {
-				tats[i] = out[i].reset + l.interval
+				tats[i] = out[i].reset + q.units*l.interval
 			}
 		} else {
 			// A new key always gets room: the key closest to idle goes.
@@ -203,22 +259,112 @@ func (s *memStore) take(_ context.Context, k key, limits []limit, out []verdict)
 			var buf [4]int64
 			fresh := buf[:0]
 			for i, l := range limits {
-				fresh = append(fresh, out[i].reset+l.interval)
+				fresh = append(fresh, out[i].reset+q.units*l.interval)
 			}
 			t.insert(h, fresh)
 		}
+	}
+	if q.slots > 0 {
+		if d.allowed {
+			if sh.inflight == nil {
+				sh.inflight = make(map[uint64]int32)
+			}
+			sh.inflight[h] = int32(inUse + 1)
+			inUse++
+			d.held = true
+		}
+		d.free = max(q.slots-inUse, 0)
 	}
 	sh.mu.Unlock()
 
 	for i, l := range limits {
 		tat := out[i].reset
-		if allowed {
-			tat += l.interval
+		if d.allowed {
+			tat += q.units * l.interval
+			out[i] = judge(tat-now, l)
+		} else {
+			out[i] = judgeRefused(tat-now, q.units, l)
 		}
-		out[i] = judge(tat-now, l)
 	}
-	return allowed, nil
+	return d, nil
 }
+
+// release gives back a slot that acquire took for key k.
+func (s *memStore) release(k key) {
+	h := s.hash(k)
+	sh := &s.shards[h>>s.shift]
+	sh.mu.Lock()
+	if n := sh.inflight[h]; n > 1 {
+		sh.inflight[h] = n - 1
+	} else {
+		delete(sh.inflight, h)
+	}
+	sh.mu.Unlock()
+}
+
+// inProgress returns the slots key k holds.
+func (s *memStore) inProgress(k key) int64 {
+	h := s.hash(k)
+	sh := &s.shards[h>>s.shift]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return int64(sh.inflight[h])
+}
+
+// settle moves every TAT of key k by delta units (charged when positive,
+// given back when negative): what a request reported it cost, minus what it
+// took up front. A TAT never moves back past now (a bucket is never fuller
+// than full) nor forward past now + debtCap(l) (the debt a key may owe).
+func (s *memStore) settle(k key, limits []limit, delta int64) {
+	if delta == 0 || len(limits) != s.rates || len(limits) == 0 {
+		return
+	}
+	h := s.hash(k)
+	sh := &s.shards[h>>s.shift]
+	t := &sh.t
+	now := s.now()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	slot, found := t.find(h)
+	if !found {
+		if delta < 0 {
+			return // idle: nothing to give back
+		}
+		for bound := int(s.perShard.Load()); t.n >= bound; {
+			t.evict()
+		}
+		var buf [4]int64
+		fresh := buf[:0]
+		for _, l := range limits {
+			fresh = append(fresh, settled(now, now, delta, l))
+		}
+		t.insert(h, fresh)
+		return
+	}
+	tats := t.tats(slot)
+	for i, l := range limits {
+		tats[i] = settled(tats[i], now, delta, l)
+	}
+}
+
+// settled returns the TAT tat moved by delta units at now, bounded.
+func settled(tat, now, delta int64, l limit) int64 {
+	tat = max(tat, now)
+	ceiling := now + debtCap(l)
+	// Bound delta first, so that the product cannot overflow.
+	if limitUnits := debtCap(l)/l.interval + 1; delta > limitUnits {
+		delta = limitUnits
+	} else if delta < -limitUnits {
+		delta = -limitUnits
+	}
+	return min(max(tat+delta*l.interval, now), max(ceiling, tat))
+}
+
+// debtCap is the farthest a key's TAT may run ahead of now after a
+// settlement: its tolerance plus one more burst, so a key owes at most one
+// burst of debt. The Redis script clamps what it reads to the same bound,
+// so no state (a clock stepped back included) locks a client out longer.
+func debtCap(l limit) int64 { return 2 * l.tolerance }
 
 // errRatesMismatch: a handler's rates do not fit its zone's state (zone
 // identity includes the rates, so this is a bug).
@@ -235,6 +381,18 @@ func judge(used int64, l limit) verdict {
 		v.reset = used
 	} else {
 		v.reset = v.wait
+	}
+	return v
+}
+
+// judgeRefused computes the verdict of one rate for a request of units
+// that was refused, from used, how far the key's TAT runs ahead of now: its
+// wait is until that same request would pass.
+func judgeRefused(used, units int64, l limit) verdict {
+	v := judge(used, l)
+	v.wait = max(used-l.tolerance+units*l.interval, 0)
+	if v.remaining == 0 {
+		v.reset = max(used-l.tolerance+l.interval, 0)
 	}
 	return v
 }
