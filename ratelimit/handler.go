@@ -199,14 +199,14 @@ type Handler struct {
 	logger   *zap.Logger
 	redis    *redisLimiter
 	redisKey string
-	units    int64  // a static cost
-	costVar  string // the placeholder Cost is made of alone, if so
-	costExpr bool   // Cost holds placeholders
-	maxUnits int64  // the smallest burst: the largest cost
-	holds    bool   // requests hold something until they finish (a slot, a settlement)
-	costHdr  string // CostHeader, canonical
-	trailer  string // CostHeader as an unannounced trailer
-	concName string // the quoted concurrency item name
+	units    int64        // a static cost
+	costVar  string       // the placeholder Cost is made of alone, if so
+	costExpr bool         // Cost holds placeholders
+	maxUnits int64        // the smallest burst: the largest cost
+	holds    bool         // requests hold something until they finish (a slot, a settlement)
+	costHdr  string       // CostHeader, canonical
+	trailer  string       // CostHeader as an unannounced trailer
+	concName string       // the quoted concurrency item name
 	now      func() int64 // clock of a new zone; nil for the monotonic clock (tests inject one)
 }
 

@@ -203,7 +203,7 @@ func newRedisZone(c redisZoneConfig) (*redisZone, error) {
 	lease := time.Duration(c.cfg.Lease)
 	z.leases.init(lease)
 	z.args = append(make([]string, 0, 4+3*len(c.rates)),
-		strconv.FormatInt(z.units, 10), strconv.FormatInt(z.slots, 10), strconv.FormatInt(lease.Milliseconds(), 10), "")
+		strconv.FormatInt(z.units, 10), "0", strconv.FormatInt(lease.Milliseconds(), 10), "")
 	for i, r := range c.rates {
 		z.limits[i] = newRedisLimit(r, c.debt)
 		z.args = append(z.args, z.limits[i].argI, z.limits[i].argTol, z.limits[i].argCap)

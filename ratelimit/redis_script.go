@@ -17,10 +17,11 @@ import (
 // (burst × interval) and cap (how far a TAT may lawfully run ahead of now:
 // the tolerance, plus one burst of debt with cost_header), in microseconds.
 //
-// What it reads is clamped to the cap: a clock stepped backwards leaves
-// TATs far ahead of the new now, and without the clamp would lock the
-// client out for the length of the step. It writes only when the slots and
-// every rate admit the request, and then sets each key to expire when its
+// What it reads is clamped to the cap, and a TAT beyond it is written back
+// clamped: a clock stepped backwards leaves TATs far ahead of the new now,
+// and without the clamp would lock the client out for the length of the
+// step. Otherwise it writes only when the slots and every rate admit the
+// request, and then sets each key to expire when its
 // bucket is full again (the lease set when its last lease expires), so idle
 // clients cost no memory. Expired leases (of a crashed instance) are
 // dropped before counting. It replies with strings: "1" (admitted), "0"
@@ -47,7 +48,8 @@ if slots > 0 then
   n = n - 1
   redis.call('ZREMRANGEBYSCORE', KEYS[n+1], '-inf', now / 1000)
   local used = redis.call('ZCARD', KEYS[n+1])
-  if used >= slots then slotOK = false else free = slots - used - 1 end
+  if used >= slots then slotOK = false end
+  free = slots - used
 end
 local tats = {}
 local ok = true
@@ -60,14 +62,21 @@ for i = 1, n do
     if not x or not (x > -1e16 and x < 1e16) then
       return redis.error_reply('ERR throttle: ' .. KEYS[i] .. ' does not hold a timestamp')
     end
-    tat = math.min(math.max(x, now), now + cap)
+    tat = math.max(x, now)
+    if tat > now + cap then
+      -- Beyond what the rates could have produced (a clock stepped
+      -- back): keep the bound, so that the client waits no longer.
+      tat = now + cap
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil(cap / 1000))
+    end
   end
   if tat + units * iv - now > tol then ok = false end
   tats[i] = tat
 end
 local flag = '1'
 if not ok then flag = '0' elseif not slotOK then flag = '2' end
-if flag ~= '1' then free = 0 end
+if flag == '1' and slots > 0 then free = free - 1 end
+if free < 0 then free = 0 end
 local out = {flag, string.format('%d', free)}
 for i = 1, n do
   local tat = tats[i]
