@@ -28,10 +28,12 @@ type scenario struct {
 }
 
 // budget is the most a scenario may allocate per request over its
-// baseline; bytes 0 is no byte budget.
+// baseline (and, when cpu is set, the most caddy CPU time it may add per
+// request, in µs); bytes or cpu 0 is no such budget.
 type budget struct {
 	allocs float64
 	bytes  float64
+	cpu    float64
 }
 
 // measured sums what the rounds of one scenario measured.
@@ -129,7 +131,7 @@ func rows(scs []*scenario) []row {
 			r.dAllocs, r.dBytes, r.dCPU = r.allocs-bm.allocsPerReq(), r.bytes-bm.bytesPerReq(), r.cpu-bm.cpuPerReq()
 			r.rRPS, r.rP50, r.rP99 = ratio(r.rps, bm.rps()), ratio(float64(r.p50), float64(bm.pct(50))), ratio(float64(r.p99), float64(bm.pct(99)))
 			if sc.budget != nil {
-				r.verdict = sc.budget.verdict(r.dAllocs, r.dBytes)
+				r.verdict = sc.budget.verdict(r.dAllocs, r.dBytes, r.dCPU)
 			}
 		}
 		out = append(out, r)
@@ -147,12 +149,16 @@ func ratio(a, b float64) float64 {
 // verdict states the budget and whether the deltas meet it. Deltas are
 // rounded to a tenth of an allocation and to a byte first: a reading
 // repeats to about ±0.05 allocations.
-func (b *budget) verdict(dAllocs, dBytes float64) string {
+func (b *budget) verdict(dAllocs, dBytes, dCPU float64) string {
 	s := fmt.Sprintf("≤+%g", b.allocs)
 	ok := round(dAllocs, 10) <= b.allocs
 	if b.bytes > 0 {
 		s += fmt.Sprintf(" / +%g B", b.bytes)
 		ok = ok && round(dBytes, 1) <= b.bytes
+	}
+	if b.cpu > 0 {
+		s += fmt.Sprintf(" / +%gµs CPU", b.cpu)
+		ok = ok && round(dCPU, 10) <= b.cpu
 	}
 	if ok {
 		return s + " ok"
@@ -171,7 +177,7 @@ func round(v, per float64) float64 {
 func printReport(w io.Writer, scs []*scenario) {
 	fmt.Fprintf(w, "%-15s %8s %9s %9s %9s %10s %9s | %-13s %8s %8s %8s %6s %6s %6s | %s\n",
 		"scenario", "req/s", "p50", "p99", "CPU/req", "allocs/req", "B/req",
-		"over", "Δallocs", "ΔB", "ΔCPU", "req/s", "p50", "p99", "budget (allocs / B over baseline)")
+		"over", "Δallocs", "ΔB", "ΔCPU", "req/s", "p50", "p99", "budget (allocs / B / CPU over baseline)")
 	for _, r := range rows(scs) {
 		if r.skip != "" {
 			fmt.Fprintf(w, "%-15s skipped: %s\n", r.name, r.skip)

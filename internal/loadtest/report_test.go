@@ -86,19 +86,27 @@ func TestRowsDeltasOverBaseline(t *testing.T) {
 
 func TestVerdictRoundsToATenth(t *testing.T) {
 	b := &budget{allocs: 3, bytes: 400}
+	cpu := &budget{allocs: 6, cpu: 10}
 	for _, c := range []struct {
-		allocs, bytes float64
-		ok            bool
+		b                  *budget
+		allocs, bytes, cpu float64
+		ok                 bool
 	}{
-		{3.04, 400.4, true},
-		{3.06, 0, false},
-		{-2, -100, true},
-		{1, 400.6, false},
+		{b, 3.04, 400.4, 99, true},
+		{b, 3.06, 0, 0, false},
+		{b, -2, -100, 0, true},
+		{b, 1, 400.6, 0, false},
+		{cpu, 5, 5000, 10.04, true},
+		{cpu, 5, 0, 10.2, false},
+		{cpu, 6.2, 0, 0, false},
 	} {
-		got := b.verdict(c.allocs, c.bytes)
+		got := c.b.verdict(c.allocs, c.bytes, c.cpu)
 		if strings.HasSuffix(got, " ok") != c.ok {
-			t.Errorf("verdict(%v, %v) = %q, want ok %v", c.allocs, c.bytes, got, c.ok)
+			t.Errorf("verdict(%v, %v, %v) = %q, want ok %v", c.allocs, c.bytes, c.cpu, got, c.ok)
 		}
+	}
+	if got := cpu.verdict(0, 0, 0); got != "≤+6 / +10µs CPU ok" {
+		t.Errorf("verdict = %q", got)
 	}
 }
 

@@ -75,7 +75,7 @@ func scenarios(e *env) []*scenario {
 			site:   site(fmt.Sprintf("aggregate {\n\tbackend fast http://%[1]s/fast\n\tbackend mid http://%[1]s/mid\n\tbackend slow http://%[1]s/slow\n}", e.upstream)),
 			header: bearer, against: "slowest"},
 		{name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true,
-			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6}},
+			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6, cpu: 10}},
 	}
 }
 
