@@ -224,7 +224,7 @@ func (v slotsView) InProgress(ctx context.Context, id string) (int, error) {
 		return 0, fmt.Errorf("%w: %q is not a client id", registry.ErrBadQuery, id)
 	}
 	if v.h.redis != nil && v.h.redis.z != nil {
-		return v.h.redis.z.inProgress(ctx, redisClientID(k))
+		return v.h.redis.z.inProgress(ctx, redisTag(k))
 	}
 	return int(v.h.mem.inProgress(k)), nil
 }

@@ -1,7 +1,10 @@
 package ratelimit
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -214,48 +217,77 @@ func newRedisZone(c redisZoneConfig) (*redisZone, error) {
 	return z, err
 }
 
-// keys returns the Redis keys of client id, one per rate, built in one
-// allocation.
+// maxRedisID is the longest key text used as is in Redis key names.
+const maxRedisID = 96
+
+// redisTag returns the text naming client k in Redis keys, which is their
+// Cluster hash tag (between the braces): k's text itself when it is at most
+// maxRedisID bytes and holds no brace, otherwise "h:" and the SHA-256 of
+// the text. So no client text can choose the Cluster slot (a brace would
+// move the hash tag), make Redis store long text, or make the network carry
+// it. Every key of one client, whatever its use, is named with this tag.
+func redisTag(k key) string {
+	var buf [maxRedisID]byte
+	b := k.appendText(buf[:0])
+	if len(b) > maxRedisID || len(b) == 0 || bytes.ContainsAny(b, "{}") {
+		sum := sha256.Sum256(b)
+		b = hex.AppendEncode(append(buf[:0], 'h', ':'), sum[:])
+	}
+	return string(b)
+}
+
+// keyTag returns the hash tag of a key name built by keys (the text
+// between its first '{' and the next '}').
+func keyTag(name string) string {
+	_, rest, _ := strings.Cut(name, "{")
+	tag, _, _ := strings.Cut(rest, "}")
+	return tag
+}
+
+// keys returns the Redis keys of client id (its redisTag), one per rate.
 //
 // With concurrent, one more key follows: the client's set of leases,
 // `<prefix><zone>{<client>}:c`, in the same Cluster slot.
 func (z *redisZone) keys(id string) []string {
+	return z.appendKeys(make([]string, 0, len(z.limits)+1), id)
+}
+
+// appendKeys appends the keys of client id to dst, all in one allocation.
+func (z *redisZone) appendKeys(dst []string, id string) []string {
 	n := 0
 	for _, l := range z.limits {
 		n += len(z.base) + len(id) + 2 + len(l.suffix)
 	}
-	nk := len(z.limits)
 	if z.slots > 0 {
 		n += len(z.base) + len(id) + 2 + len(slotsSuffix)
-		nk++
 	}
-	b := make([]byte, 0, n)
+	var b strings.Builder
+	b.Grow(n)
 	for _, l := range z.limits {
-		b = append(b, z.base...)
-		b = append(b, '{')
-		b = append(b, id...)
-		b = append(b, '}')
-		b = append(b, l.suffix...)
+		b.WriteString(z.base)
+		b.WriteByte('{')
+		b.WriteString(id)
+		b.WriteByte('}')
+		b.WriteString(l.suffix)
 	}
 	if z.slots > 0 {
-		b = append(b, z.base...)
-		b = append(b, '{')
-		b = append(b, id...)
-		b = append(b, '}')
-		b = append(b, slotsSuffix...)
+		b.WriteString(z.base)
+		b.WriteByte('{')
+		b.WriteString(id)
+		b.WriteByte('}')
+		b.WriteString(slotsSuffix)
 	}
-	all := string(b)
-	keys := make([]string, nk)
+	all := b.String()
 	off := 0
-	for i, l := range z.limits {
+	for _, l := range z.limits {
 		m := len(z.base) + len(id) + 2 + len(l.suffix)
-		keys[i] = all[off : off+m]
+		dst = append(dst, all[off:off+m])
 		off += m
 	}
 	if z.slots > 0 {
-		keys[nk-1] = all[off:]
+		dst = append(dst, all[off:])
 	}
-	return keys
+	return dst
 }
 
 // slotsSuffix names a client's set of leases.
@@ -284,11 +316,14 @@ func (z *redisZone) fallback() redisOutcome {
 // its flag ("1" admitted, "0" refused by a rate, "2" for want of a slot)
 // and the slots left.
 func (z *redisZone) call(ctx context.Context, c rueidis.Client, keys, args []string, out []verdict) (flag string, free int64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, z.timeout)
-	defer cancel()
+	if err := ctx.Err(); err != nil {
+		return "", 0, err // the client went away: no call
+	}
+	// The call's own deadline, not one derived from ctx: no timer and no
+	// context per call (see callDeadlines).
 	start := time.Now()
 	z.metrics.calls.Inc()
-	res := gcraLua.Exec(ctx, c, keys, args)
+	res := gcraLua.Exec(z.client.callContext(), c, keys, args)
 	z.metrics.duration.Observe(time.Since(start).Seconds())
 	arr, err := res.ToArray()
 	if err != nil {

@@ -2,8 +2,6 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -26,19 +24,6 @@ import (
 // subscription per Redis and channel, and drops the client from the
 // refusal cache of each of its zones with that base, so none keeps refusing
 // it without asking Redis.
-
-// redisClientID returns the text key k is named by in Redis: its text form,
-// or, when that is long (any header can be a key), its hash, so a client
-// cannot make Redis store or the network carry its text.
-func redisClientID(k key) string {
-	var buf [maxRedisID]byte
-	b := k.appendText(buf[:0])
-	if len(b) > maxRedisID {
-		sum := sha256.Sum256(b)
-		b = append(append(buf[:0], 'h', ':'), hex.EncodeToString(sum[:])...)
-	}
-	return string(b)
-}
 
 // peekScript returns, for each key (the TATs of one client, in
 // microseconds of Redis's clock), how far it runs ahead of Redis's now, in
@@ -78,13 +63,14 @@ var errRedisDown = fmt.Errorf("%w: redis is not reachable", registry.ErrUnavaila
 // nanoseconds.
 func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 	z := h.redis.z
-	c := z.client.get()
+	id := redisTag(k)
+	_, c := z.client.get(id)
 	if c == nil {
 		return nil, errRedisDown
 	}
 	ctx, cancel := context.WithTimeout(ctx, z.timeout)
 	defer cancel()
-	arr, err := peekLua.Exec(ctx, c, z.keys(redisClientID(k)), nil).ToArray()
+	arr, err := peekLua.Exec(ctx, c, z.keys(id), nil).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", registry.ErrUnavailable, redactError(err, z.client.secrets))
 	}
@@ -111,9 +97,9 @@ func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 // answers.
 func (h *Handler) resetRedis(ctx context.Context, k key) error {
 	z := h.redis.z
-	id := redisClientID(k)
+	id := redisTag(k)
 	forgetRefusals(z.base, id)
-	c := z.client.get()
+	_, c := z.client.get(id)
 	if c == nil {
 		return errRedisDown
 	}
@@ -204,7 +190,7 @@ func (s *resetSub) run(ctx context.Context, rc *redisClient, channel string) {
 	defer close(s.done)
 	pause := redisProbeMin
 	for {
-		if c := rc.get(); c != nil {
+		if c := rc.connected(); c != nil {
 			start := time.Now()
 			_ = c.Receive(ctx, c.B().Subscribe().Channel(channel).Build(), func(m rueidis.PubSubMessage) {
 				handleResetMessage(m.Message)

@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
-
-// maxRedisID is the longest key text used as is in Redis key names.
-const maxRedisID = 96
 
 // Fallback outcomes of the redis limiter, turned into responses by
 // redisFallback.
@@ -33,7 +31,7 @@ type redisLimiter struct {
 }
 
 func (s *redisLimiter) take(ctx context.Context, k key, limits []limit, out []verdict) (bool, error) {
-	res, ok := s.z.take(ctx, redisClientID(k), out)
+	res, ok := s.z.take(ctx, redisTag(k), out)
 	switch res {
 	case redisFallbackLocal:
 		return s.local.take(ctx, k, limits, out)
@@ -64,7 +62,7 @@ func (h *Handler) resolveRedis() error {
 // limiter, with mem (the zone's in-memory state) for on_error local.
 func (h *Handler) joinRedis(ctx caddy.Context, mem *memStore) error {
 	rl := h.redis
-	c, key, err := joinRedisClient(rl.opt, rl.urls, h.logger)
+	c, key, err := joinRedisClient(rl.opt, rl.urls, time.Duration(h.Redis.Timeout), h.Redis.Prefix, h.logger)
 	if err != nil {
 		return err
 	}

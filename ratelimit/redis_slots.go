@@ -31,7 +31,7 @@ import (
 // local (the slots in memory too, a local semaphore), or by returning
 // errRedisAllow / errRedisDeny.
 func (s *redisLimiter) acquire(ctx context.Context, k key, q ask, limits []limit, out []verdict) (decision, error) {
-	id := redisClientID(k)
+	id := redisTag(k)
 	res, d := s.z.acquire(ctx, id, q, out)
 	switch res {
 	case redisFallbackLocal:
@@ -73,7 +73,8 @@ func (z *redisZone) acquire(ctx context.Context, id string, q ask, out []verdict
 			args[1] = "0"
 		}
 	}
-	keys := z.keys(id)
+	var kb [8]string
+	keys := z.appendKeys(kb[:0], id)
 	if q.slots == 0 && z.slots > 0 {
 		keys = keys[:len(z.limits)]
 	}
@@ -103,15 +104,16 @@ func (z *redisZone) acquire(ctx context.Context, id string, q ask, out []verdict
 	return redisDecided, d
 }
 
-// conn returns the circuit and the client for the keys of client id; the
-// client is nil while Redis is considered down.
-func (z *redisZone) conn(string) (*redisClient, rueidis.Client) {
-	return z.client, z.client.get()
+// conn returns the circuit of the master serving the keys of client id
+// (its redisTag), and the client; the client is nil while that circuit is
+// open.
+func (z *redisZone) conn(id string) (*redisCircuit, rueidis.Client) {
+	return z.client.get(id)
 }
 
 // failed reports a call that failed for a reason that is not the request's
 // own, on the circuit conn returned.
-func (z *redisZone) failed(_ *redisClient, err error) { z.client.fail(err) }
+func (z *redisZone) failed(cc *redisCircuit, err error) { z.client.fail(cc, err) }
 
 // finish gives back lease l (when not nil) and, with settle, charges delta
 // units to client id (gives them back when negative), in one script call
@@ -142,12 +144,10 @@ func (z *redisZone) finish(ctx context.Context, id string, l *lease, settle bool
 	cc, c := z.conn(id)
 	err := errRedisDown
 	if c != nil {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), z.timeout)
 		z.metrics.calls.Inc()
 		start := time.Now()
-		err = finishLua.Exec(cctx, c, keys, args).Error()
+		err = finishLua.Exec(z.client.callContext(), c, keys, args).Error()
 		z.metrics.duration.Observe(time.Since(start).Seconds())
-		cancel()
 		if err != nil {
 			z.metrics.errors.Inc()
 			if redisOutage(err) {
@@ -292,25 +292,33 @@ func (z *redisZone) renewAll() {
 		return
 	}
 	ms := strconv.FormatInt(z.leases.lease.Milliseconds(), 10)
-	cc, c := z.conn(held[0].key)
-	if c == nil {
-		return
+	// Each lease on the circuit of its master: none is sent to a master
+	// that is down, and a failure opens the circuit of its own master.
+	var c rueidis.Client
+	circuits := make([]*redisCircuit, 0, len(held))
+	execs := make([]rueidis.LuaExec, 0, len(held))
+	for _, l := range held {
+		cc, lc := z.client.get(keyTag(l.key))
+		if lc == nil {
+			continue
+		}
+		c = lc
+		circuits = append(circuits, cc)
+		execs = append(execs, rueidis.LuaExec{Keys: []string{l.key}, Args: []string{ms, l.member}})
 	}
-	execs := make([]rueidis.LuaExec, len(held))
-	for i, l := range held {
-		execs[i] = rueidis.LuaExec{Keys: []string{l.key}, Args: []string{ms, l.member}}
+	if len(execs) == 0 {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), max(z.timeout, time.Second))
 	defer cancel()
-	for _, r := range renewLua.ExecMulti(ctx, c, execs...) {
+	for i, r := range renewLua.ExecMulti(ctx, c, execs...) {
 		if err := r.Error(); err != nil {
 			if redisOutage(err) {
-				z.failed(cc, err)
+				z.failed(circuits[i], err)
 			}
 			if ce := z.logger.Check(zapcore.DebugLevel, "redis lease renewal failed"); ce != nil {
 				ce.Write(zap.String("zone", z.zone), zap.String("error", redactError(err, z.client.secrets)))
 			}
-			return
 		}
 	}
 }

@@ -356,16 +356,20 @@ func StartSentinel(t testing.TB, master *Server, masterSet string) *Server {
 // Cluster is a Redis Cluster of masters without replicas.
 type Cluster struct {
 	Nodes []*Server
+	// CA verifies the nodes' certificates (StartTLSCluster only).
+	CA *x509.CertPool
 }
 
-// StartCluster starts a 3-master Redis Cluster and waits until it serves.
-func StartCluster(t testing.TB) *Cluster {
+// StartCluster starts a 3-master Redis Cluster and waits until it serves;
+// extra are more options of every node (e.g.
+// "--cluster-require-full-coverage", "no").
+func StartCluster(t testing.TB, extra ...string) *Cluster {
 	t.Helper()
 	need(t)
 	c := &Cluster{}
 	for range 3 {
-		c.Nodes = append(c.Nodes, Start(t, "--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"))
+		c.Nodes = append(c.Nodes, Start(t, append([]string{"--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}, extra...)...))
 	}
 	args := make([]string, 0, len(c.Nodes)+5)
 	args = append(args, "--cluster", "create")
@@ -373,6 +377,14 @@ func StartCluster(t testing.TB) *Cluster {
 		args = append(args, n.Addr())
 	}
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	c.create(t, args)
+	return c
+}
+
+// create runs redis-cli with args (--cluster create …) and waits until
+// every node serves.
+func (c *Cluster) create(t testing.TB, args []string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
@@ -391,7 +403,6 @@ func StartCluster(t testing.TB) *Cluster {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	return c
 }
 
 // URLs are the redis:// URLs of every node (seeds of the cluster).
@@ -425,5 +436,189 @@ func (c *Cluster) CallsPerNode(command string) []int {
 func (c *Cluster) ResetStats() {
 	for _, s := range c.Nodes {
 		s.ResetStats()
+	}
+}
+
+// Pipe sends many commands to the server through one redis-cli (reading
+// them from its standard input) and returns one line of output per
+// command; arguments must hold no space or quote.
+func (s *Server) Pipe(commands [][]string) []string {
+	s.t.Helper()
+	var in strings.Builder
+	for _, c := range commands {
+		in.WriteString(strings.Join(c, " "))
+		in.WriteByte('\n')
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(s.Port)}
+	if s.tls {
+		full = append(full, "--tls", "--insecure")
+	}
+	cmd := exec.CommandContext(ctx, "redis-cli", full...)
+	cmd.Stdin = strings.NewReader(in.String())
+	out, err := cmd.Output()
+	if err != nil {
+		s.t.Fatalf("redis-cli (%d commands): %v", len(commands), err)
+	}
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) != len(commands) {
+		s.t.Fatalf("redis-cli: %d lines for %d commands", len(lines), len(commands))
+	}
+	return lines
+}
+
+// Slots returns the Cluster slot of each key, as the server computes it
+// (CLUSTER KEYSLOT; the server must run in cluster mode).
+func (s *Server) Slots(keys []string) []int {
+	s.t.Helper()
+	cmds := make([][]string, len(keys))
+	for i, k := range keys {
+		cmds[i] = []string{"CLUSTER", "KEYSLOT", k}
+	}
+	out := make([]int, len(keys))
+	for i, line := range s.Pipe(cmds) {
+		n, err := strconv.Atoi(strings.TrimSpace(line))
+		if err != nil {
+			s.t.Fatalf("CLUSTER KEYSLOT %s: %q", keys[i], line)
+		}
+		out[i] = n
+	}
+	return out
+}
+
+// Keys returns the keys matching pattern on every node.
+func (c *Cluster) Keys(pattern string) []string {
+	var out []string
+	for _, s := range c.Nodes {
+		out = append(out, strings.Fields(s.MustCli("--scan", "--pattern", pattern))...)
+	}
+	return out
+}
+
+// StartTLSCluster starts a 3-master Redis Cluster that speaks only TLS,
+// clients and cluster bus alike, each node with a certificate of its own
+// signed by a test CA (c.CA): the first node's names `localhost` and
+// 127.0.0.1, the others' only 127.0.0.1, as nodes announcing their
+// addresses have.
+func StartTLSCluster(t testing.TB) *Cluster {
+	t.Helper()
+	need(t)
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{CA: x509.NewCertPool()}
+	c.CA.AddCert(ca.cert)
+	for i := range 3 {
+		var dns []string
+		if i == 0 {
+			dns = []string{"localhost"}
+		}
+		cert, key := filepath.Join(dir, fmt.Sprintf("node%d.pem", i)), filepath.Join(dir, fmt.Sprintf("node%d-key.pem", i))
+		ca.issue(t, cert, key, dns)
+		var s *Server
+		var last error
+		for range 5 {
+			s = &Server{t: t, Port: freePort(t), dir: t.TempDir(), tls: true}
+			s.args = []string{
+				"--port", "0", "--tls-port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+				"--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", caFile,
+				"--tls-auth-clients", "no", "--tls-cluster", "yes", "--tls-replication", "yes",
+				"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+				"--dir", s.dir, "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
+				"--loglevel", "warning", "--logfile", filepath.Join(s.dir, "redis.log"),
+			}
+			if last = s.start(); last == nil {
+				break
+			}
+			s = nil
+		}
+		if s == nil {
+			t.Fatalf("redis-server (TLS cluster node) did not start: %v", last)
+		}
+		t.Cleanup(s.Kill)
+		c.Nodes = append(c.Nodes, s)
+	}
+	args := make([]string, 0, len(c.Nodes)+8)
+	args = append(args, "--tls", "--cacert", caFile, "--cluster", "create")
+	for _, n := range c.Nodes {
+		args = append(args, n.Addr())
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	c.create(t, args)
+	return c
+}
+
+// testCA is a certificate authority for tests.
+type testCA struct {
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+	pem  []byte
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "redistest CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{key: k, cert: cert, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue writes a certificate for 127.0.0.1 and the dns names, good for
+// server and client use (cluster bus), and its key.
+func (ca *testCA) issue(t testing.TB, certFile, keyFile string, dns []string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := crand.Int(crand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "redis node"},
+		DNSNames:     dns,
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
