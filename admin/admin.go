@@ -171,10 +171,6 @@ func throttleClient(w http.ResponseWriter, r *http.Request, zone string) error {
 	if err := method(r, http.MethodGet, http.MethodDelete); err != nil {
 		return err
 	}
-	q, err := parseThrottleQuery(r.URL.RawQuery)
-	if err != nil {
-		return apiError(http.StatusBadRequest, err)
-	}
 	// Several zone states may share a name (handlers without a zone, or a
 	// reload that changed a zone's rates while the old config drains): the
 	// newest answers, and a reset applies to all.
@@ -192,6 +188,10 @@ func throttleClient(w http.ResponseWriter, r *http.Request, zone string) error {
 		return apiError(http.StatusNotFound, fmt.Errorf("unknown throttle zone %q", zone))
 	}
 	slices.SortFunc(found, func(a, b match) int { return cmp.Compare(b.info.Seq, a.info.Seq) })
+	q, err := parseThrottleQuery(r.URL.RawQuery)
+	if err != nil {
+		return apiError(http.StatusBadRequest, err)
+	}
 
 	var state registry.ThrottleClient
 	if r.Method == http.MethodDelete {

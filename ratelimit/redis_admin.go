@@ -7,11 +7,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/caddygateway/caddy-gateway/internal/registry"
 )
 
 // The admin API's side of a Redis zone: reading one client's state,
