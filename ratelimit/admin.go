@@ -127,7 +127,7 @@ func (v *zoneView) AdminZone() registry.ThrottleZoneInfo {
 			Burst:  r.Burst,
 		}
 	}
-	if c := h.concurrency(); c != nil {
+	if c := h.concurrencyView(); c != nil {
 		info.Concurrent = c.Concurrent()
 	}
 	return info
@@ -188,20 +188,6 @@ func (h *Handler) engine() string {
 	return "memory"
 }
 
-// concurrencyViewer is implemented by a handler that limits requests in
-// progress (`concurrent`).
-type concurrencyViewer interface {
-	concurrencyView() registry.ThrottleConcurrency
-}
-
-// concurrency returns the handler's concurrency limiter, or nil without
-// `concurrent`.
-func (h *Handler) concurrency() registry.ThrottleConcurrency {
-	if cv, ok := any(h).(concurrencyViewer); ok {
-		return cv.concurrencyView()
-	}
-	return nil
-}
 
 // adminKey returns the key a query names, as a request would be counted:
 // an address in the client-IP namespace grouped by the handler's prefixes,
@@ -266,7 +252,7 @@ func (h *Handler) adminState(ctx context.Context, k key) (registry.ThrottleClien
 			FullIn:     seconds(u),
 		}
 	}
-	if cc := h.concurrency(); cc != nil {
+	if cc := h.concurrencyView(); cc != nil {
 		c.Concurrent = cc.Concurrent()
 		n, err := cc.InProgress(ctx, c.ID)
 		if err != nil {

@@ -62,6 +62,9 @@ var errRedisDown = fmt.Errorf("%w: redis is not reachable", registry.ErrUnavaila
 // nanoseconds.
 func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 	z := h.redis.z
+	if len(z.limits) == 0 {
+		return nil, nil // concurrent alone: no rate state
+	}
 	id := redisTag(k)
 	_, c := z.client.get(id)
 	if c == nil {
@@ -69,7 +72,7 @@ func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, z.timeout)
 	defer cancel()
-	arr, err := peekLua.Exec(ctx, c, z.keys(id), nil).ToArray()
+	arr, err := peekLua.Exec(ctx, c, z.keys(id)[:len(z.limits)], nil).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", registry.ErrUnavailable, redactError(err, z.client.secrets))
 	}
@@ -91,8 +94,8 @@ func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 	return used, nil
 }
 
-// resetRedis deletes k's state in Redis and publishes the reset to every
-// instance. This instance forgets its refusal at once, whatever Redis
+// resetRedis deletes k's rate state in Redis (not the leases of its
+// requests in progress) and publishes the reset to every instance. This instance forgets its refusal at once, whatever Redis
 // answers.
 func (h *Handler) resetRedis(ctx context.Context, k key) error {
 	z := h.redis.z
@@ -104,8 +107,12 @@ func (h *Handler) resetRedis(ctx context.Context, k key) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, z.timeout)
 	defer cancel()
-	if err := c.Do(ctx, c.B().Del().Key(z.keys(id)...).Build()).Error(); err != nil {
-		return fmt.Errorf("%w: %s", registry.ErrUnavailable, redactError(err, z.client.secrets))
+	// The rates' state only: the leases of requests in progress stay
+	// theirs.
+	if rateKeys := z.keys(id)[:len(z.limits)]; len(rateKeys) > 0 {
+		if err := c.Do(ctx, c.B().Del().Key(rateKeys...).Build()).Error(); err != nil {
+			return fmt.Errorf("%w: %s", registry.ErrUnavailable, redactError(err, z.client.secrets))
+		}
 	}
 	msg := z.base + "{" + id + "}"
 	if err := c.Do(ctx, c.B().Publish().Channel(resetChannel(h.Redis.Prefix)).Message(msg).Build()).Error(); err != nil {
