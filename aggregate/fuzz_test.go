@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -184,5 +186,138 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			_ = back.Validate()
 		}
 		_ = back.Cleanup()
+	})
+}
+
+// FuzzDependencyTemplate: whatever JSON a backend answers, a
+// {backends.*} value taken from it never changes the dependent URL's
+// scheme, host, path segments or query parameters, and never puts a
+// control character into a header: it is refused (code dependency) or
+// stays inside its segment, parameter or header value.
+func FuzzDependencyTemplate(f *testing.F) {
+	for _, v := range []string{`"a/b"`, `"a&user=2"`, `".."`, `"."`, `""`, `"%2e%2e"`, `"a b#c?d"`, `"\u0000"`, `"a\r\nX: 1"`,
+		`12345678901234567890`, `-1.5e3`, `true`, `null`, `{"a":1}`, `[1]`, `"é"`, `"?x=1#f"`, `"a;b=c"`} {
+		f.Add(`{"id":`+v+`}`, "http://127.0.0.1:9001/items/{backends.src.id}/detail?id={backends.src.id}&fixed=a%20b")
+	}
+	f.Add(`{"a":{"b":["x/y"]}}`, "http://127.0.0.1:9001/{backends.src.a.b.0}?q={backends.src.a.b.0}")
+	f.Fuzz(func(t *testing.T, body, raw string) {
+		tmpl, err := compileURL(raw)
+		if err != nil || !tmpl.hasDeps {
+			return
+		}
+		names := []string{"src"}
+		if _, err := dependencies(names, [][]string{{}}); err != nil {
+			return
+		}
+		keys, err := depKeys(raw)
+		if err != nil {
+			return
+		}
+		for _, k := range keys {
+			if d, _, _ := resolveDep(k, names); d < 0 {
+				return
+			}
+		}
+		bindDeps(tmpl.path, names)
+		bindDeps(tmpl.query, names)
+		value, ok := backendValue([]byte(body), nil)
+		if !ok {
+			return
+		}
+		parts, err := tmpl.prepare(caddy.NewReplacer())
+		if err != nil {
+			return
+		}
+		render := func(lookup depLookup) (*url.URL, error) {
+			s, err := tmpl.fill(parts, lookup)
+			if err != nil {
+				return nil, err
+			}
+			u, err := url.Parse(s)
+			if err != nil {
+				t.Fatalf("template %q, body %q: URL %q does not parse: %v", raw, body, s, err)
+			}
+			return u, nil
+		}
+		ref, err := render(func(*depRef) (string, error) { return "x", nil })
+		if err != nil {
+			t.Fatalf("template %q: a plain value is refused: %v", raw, err)
+		}
+		got, err := render(func(r *depRef) (string, error) { return depValue(value, r.field) })
+		if err != nil {
+			if !errors.Is(err, errDependency) {
+				t.Fatalf("template %q, body %q: %v is not a dependency error", raw, body, err)
+			}
+			return
+		}
+		if got.Scheme != ref.Scheme || got.Host != ref.Host || got.User.String() != ref.User.String() || got.Fragment != "" {
+			t.Fatalf("template %q, body %q: %s changed the scheme, host, user or fragment of %s", raw, body, got, ref)
+		}
+		if g, r := strings.Count(got.EscapedPath(), "/"), strings.Count(ref.EscapedPath(), "/"); g != r {
+			t.Fatalf("template %q, body %q: path %q has %d segments, want %d", raw, body, got.EscapedPath(), g, r)
+		}
+		if g, r := querySeparators(got.RawQuery), querySeparators(ref.RawQuery); g != r {
+			t.Fatalf("template %q, body %q: query %q has %d parameters, want %d", raw, body, got.RawQuery, g, r)
+		}
+		// The same value in a header: a control character is refused.
+		h := compileHeader("v={backends.src.id}")
+		bindDeps(h.pieces, names)
+		hp, _ := h.prepare(caddy.NewReplacer())
+		if v, err := h.fill(hp, func(r *depRef) (string, error) { return depValue(value, r.field) }); err == nil &&
+			strings.ContainsFunc(v, badHeaderRune) {
+			t.Fatalf("body %q: header value %q holds a control character", body, v)
+		}
+	})
+}
+
+// FuzzCacheControl: any Cache-Control, Age, Vary and Set-Cookie values give
+// a lifetime without a panic; a positive one only when a max-age or
+// s-maxage is there and none of no-store, no-cache, private, Set-Cookie or
+// Vary: * is, and never longer than the larger of them.
+func FuzzCacheControl(f *testing.F) {
+	for _, cc := range []string{"max-age=60", "s-maxage=10, max-age=60", "no-store", `private="x", max-age=5`, `max-age="7"`,
+		"MAX-AGE=3", "max-age=1, max-age=2", `foo="a,no-cache", max-age=9`, `max-age="9`, "max-age=99999999999999999999", ",,, ,max-age=1,"} {
+		f.Add(cc, "", "", false)
+		f.Add(cc, "10", "Accept", false)
+		f.Add(cc, "", "*", true)
+	}
+	f.Fuzz(func(t *testing.T, cc, age, vary string, cookie bool) {
+		h := http.Header{"Cache-Control": {cc}}
+		if age != "" {
+			h["Age"] = []string{age}
+		}
+		if vary != "" {
+			h["Vary"] = []string{vary}
+		}
+		if cookie {
+			h["Set-Cookie"] = []string{"a=b"}
+		}
+		got := freshness(h)
+		if got < 0 || got > maxDeltaSeconds*time.Second {
+			t.Fatalf("%q: lifetime %v", cc, got)
+		}
+		if got == 0 {
+			return
+		}
+		lower := strings.ToLower(cc)
+		if cookie || !strings.Contains(lower, "max-age") && !strings.Contains(lower, "s-maxage") {
+			t.Fatalf("%q (cookie %v): stored for %v", cc, cookie, got)
+		}
+		for _, v := range strings.Split(vary, ",") {
+			if strings.TrimSpace(v) == "*" {
+				t.Fatalf("Vary %q: stored", vary)
+			}
+		}
+		// A directive standing alone between commas (outside quotes, which
+		// this check ignores only when there are none) forbids storing.
+		if !strings.Contains(cc, `"`) {
+			for _, d := range strings.Split(lower, ",") {
+				name, _, _ := strings.Cut(strings.TrimSpace(d), "=")
+				switch strings.TrimSpace(name) {
+				case "no-store", "no-cache", "private":
+					t.Fatalf("%q: stored for %v", cc, got)
+				}
+			}
+		}
 	})
 }

@@ -8,7 +8,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -150,5 +154,57 @@ func TestClientTraceContextPropagatedWithoutTracing(t *testing.T) {
 		if strings.Join(v[:], "") != "" {
 			t.Errorf("%s: saw %q without a client trace context", path, v)
 		}
+	}
+}
+
+// A cache hit and a breaker refusal are visible on the backend's span,
+// with no call made; the span's url.template never holds a query value.
+func TestSpanShowsCacheHitAndBreakerRefusal(t *testing.T) {
+	var calls atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.URL.Path == "/down" {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=60")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	t.Cleanup(up.Close)
+	h := provisioned(t, &Handler{Backends: []*Backend{
+		{Name: "cached", URL: up.URL + "/c?api_key=s3cret&id={http.request.uri.query.id}", Cache: &CacheConfig{}},
+		{Name: "down", URL: up.URL + "/down", Breaker: &BreakerConfig{Failures: 1, Cooldown: caddy.Duration(time.Minute)}},
+	}})
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	for range 2 {
+		ctx, server := tp.Tracer("test").Start(t.Context(), "server", trace.WithSpanKind(trace.SpanKindServer))
+		if _, err := serve(h, httptest.NewRequestWithContext(ctx, http.MethodGet, "/?id=42", nil)); err != nil {
+			t.Fatal(err)
+		}
+		server.End()
+	}
+	if calls.Load() != 2 {
+		t.Fatalf("%d calls, want 2 (one each, then a hit and a refusal)", calls.Load())
+	}
+	var got []string
+	for _, s := range rec.Ended() {
+		if s.Name() == "server" {
+			continue
+		}
+		m := map[attribute.Key]string{}
+		for _, kv := range s.Attributes() {
+			m[kv.Key] = kv.Value.Emit()
+		}
+		if s.Name() == "cached" && m["url.template"] != up.URL+"/c?api_key&id" {
+			t.Errorf("url.template %q", m["url.template"])
+		}
+		got = append(got, s.Name()+":"+m["aggregate.cache"]+":"+m["aggregate.breaker"]+":"+m["aggregate.outcome"])
+	}
+	slices.Sort(got)
+	want := []string{"cached:hit::ok", "cached:miss::ok", "down:::status", "down::open:circuit_open"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("spans %v, want %v", got, want)
 	}
 }

@@ -165,3 +165,103 @@ func TestAggregateNoGoroutineOutlivesItsRequest(t *testing.T) {
 		t.Fatalf("backend calls: hang %d, stall %d, trickle %d, gone %d", hang.hits.Load(), stall.hits.Load(), trickle.hits.Load(), gone.hits.Load())
 	}
 }
+
+// A hung dependency is cut by the total budget and every backend waiting
+// for it, directly or down a chain, gets `dependency` or `timeout`; a
+// client leaving while a chain waits, or while a shared cached call runs,
+// leaves nothing behind either.
+func TestAggregateChainNoGoroutineOutlivesItsRequest(t *testing.T) {
+	entered := make(chan struct{}, 64)
+	hang := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-r.Context().Done()
+	})
+	hungRoot := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	})
+	fast := newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, `{"id":"x"}`)
+	})
+	tc := gateway(t, "", `
+	handle /chain {
+		aggregate {
+			backend root `+hungRoot.URL+`/root
+			backend a `+fast.URL+`/a/{backends.root.id}
+			backend b `+fast.URL+`/b {
+				header X-Id {backends.root.id}
+			}
+			backend c `+fast.URL+`/c?a={backends.a.id}
+			backend free `+fast.URL+`/free
+			timeout 300ms
+		}
+	}
+	handle /gone {
+		aggregate {
+			backend root `+hang.URL+`/root
+			backend a `+fast.URL+`/a/{backends.root.id}
+			backend shared `+hang.URL+`/shared {
+				cache
+			}
+			timeout 1m
+		}
+	}`)
+	client := tc.Client.Transport.(*http.Transport)
+	round := func() {
+		resp, body := send(t, tc, get(t, "/chain"))
+		env := aggDecode(t, body)
+		for _, e := range env.Errors {
+			if e.Backend == "root" && e.Code != "timeout" || e.Backend != "root" && e.Code != "dependency" && e.Code != "timeout" {
+				t.Fatalf("/chain: %v", env.errs())
+			}
+		}
+		if resp.StatusCode != http.StatusOK || len(env.Errors) != 4 || string(env.Data["free"]) != `{"id":"x"}` {
+			t.Fatalf("/chain: status %d: %s", resp.StatusCode, body)
+		}
+		// The client goes away while a waits for root and two requests
+		// share one cached call.
+		ctx, cancel := context.WithCancel(context.Background())
+		var done []chan struct{}
+		for range 2 {
+			d := make(chan struct{})
+			done = append(done, d)
+			go func() {
+				defer close(d)
+				resp, err := tc.Client.Do(get(t, "/gone").WithContext(ctx))
+				if err == nil {
+					resp.Body.Close()
+					t.Error("/gone answered although the client went away")
+				}
+			}()
+		}
+		// root twice, shared once or twice (the second request may join
+		// the first's call).
+		for range 3 {
+			select {
+			case <-entered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("backends of /gone not called")
+			}
+		}
+		cancel()
+		for _, d := range done {
+			<-d
+		}
+		for len(entered) > 0 {
+			<-entered
+		}
+	}
+	round()
+	before := settledGoroutines(client)
+	for range 2 {
+		round()
+	}
+	if after := waitGoroutines(client, before); after > before {
+		var buf bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+		t.Fatalf("%d goroutines before, %d after the requests ended:\n%s", before, after, buf.String())
+	}
+	if fast.hits.Load() != 3 { // only free, once per round
+		t.Fatalf("%d calls of dependents of a hung backend", fast.hits.Load()-3)
+	}
+}
