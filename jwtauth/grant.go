@@ -7,6 +7,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddygateway/caddy-gateway/internal/identity"
 )
 
 // verify checks a token through the verified-token cache: a token verified
@@ -35,10 +37,6 @@ func (h *Handler) verify(ctx context.Context, token string) (*grant, error) {
 	h.cache.put(&key, g, gen, expires, now)
 	return g, nil
 }
-
-// anonymousPlaceholder serves every {http.auth.user.*} of an anonymous
-// request as known and empty.
-var anonymousPlaceholder caddy.ReplacerFunc = userClaims(nil).placeholder
 
 // grant is what a verified token gives a request under this handler's
 // rules. It depends only on the token and the config, so it is computed
@@ -71,16 +69,16 @@ func (h *Handler) newGrant(claims jwt.MapClaims) *grant {
 		g.refusal, g.status, g.code = err, http.StatusForbidden, "insufficient_scope"
 		return g
 	}
-	if v, ok := lookupClaim(claims, h.UserID); ok {
-		g.userID, _ = claimText(v)
+	if v, ok := identity.Lookup(claims, h.UserID); ok {
+		g.userID, _ = identity.Text(v)
 	}
-	refuse := hasControl(g.userID)
+	refuse := identity.HasControl(g.userID)
 	if len(h.identity) > 0 {
 		g.headerValues = make([]string, len(h.identity))
 		for i, ih := range h.identity {
-			if v, ok := lookupClaim(claims, ih.path); ok {
-				g.headerValues[i], _ = claimText(v)
-				refuse = refuse || hasControl(g.headerValues[i])
+			if v, ok := identity.Lookup(claims, ih.Path); ok {
+				g.headerValues[i], _ = identity.Text(v)
+				refuse = refuse || identity.HasControl(g.headerValues[i])
 			}
 		}
 	}
@@ -88,7 +86,7 @@ func (h *Handler) newGrant(claims jwt.MapClaims) *grant {
 		return &grant{claims: claims, times: g.times, refusal: errClaimControl, status: http.StatusUnauthorized, code: "invalid_token"}
 	}
 	g.userIDValue = g.userID
-	g.placeholder = userClaims(claims).placeholder
+	g.placeholder = identity.Fields(claims).Placeholder
 	return g
 }
 
@@ -103,12 +101,12 @@ func (h *Handler) authorize(claims jwt.MapClaims) error {
 		}
 	}
 	for path, accepted := range h.Claims {
-		v, ok := lookupClaim(claims, path)
+		v, ok := identity.Lookup(claims, path)
 		if !ok {
 			return errClaimMismatch
 		}
 		found := false
-		for _, got := range claimValues(v) {
+		for _, got := range identity.Values(v) {
 			if contains(accepted, got) {
 				found = true
 				break

@@ -17,6 +17,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddygateway/caddy-gateway/internal/identity"
+	"github.com/caddygateway/caddy-gateway/internal/registry"
 )
 
 func init() {
@@ -180,19 +183,19 @@ type Handler struct {
 	// Realm of the WWW-Authenticate challenge. Default: "restricted".
 	Realm string `json:"realm,omitempty"`
 
-	verifier  *verifier
-	cache     *tokenCache
-	poolKeys  []string
+	verifier *verifier
+	cache    *tokenCache
+	poolKeys []string
 	// admin API (admin.go): the local key sets, and the sets joined to
 	// registry.JWTKeySets
 	adminLocal localKeySets
 	admin      []registry.JWTKeySetSource
-	sources   []source
-	identity  []identityHeader
-	challenge string // `Bearer realm="..."`
-	counters  *counters
-	logger    *zap.Logger
-	now       func() time.Time
+	sources    []identity.Source
+	identity   identity.Headers
+	challenge  string // `Bearer realm="..."`
+	counters   *counters
+	logger     *zap.Logger
+	now        func() time.Time
 }
 
 // HeaderSource is a request header a token is read from.
@@ -258,24 +261,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	h.sources = h.sources[:0]
-	for _, s := range h.FromHeader {
-		h.sources = append(h.sources, source{kind: sourceHeader, name: http.CanonicalHeaderKey(s.Name), prefix: s.Prefix})
-	}
-	for _, c := range h.FromCookie {
-		h.sources = append(h.sources, source{kind: sourceCookie, name: c})
-	}
-	for _, q := range h.FromQuery {
-		h.sources = append(h.sources, source{kind: sourceQuery, name: q})
-	}
-	if len(h.sources) == 0 {
-		h.sources = []source{{kind: sourceHeader, name: "Authorization", prefix: "Bearer"}}
-	}
-	h.identity = h.identity[:0]
-	for name, path := range h.Headers {
-		h.identity = append(h.identity, identityHeader{name: http.CanonicalHeaderKey(name), path: path})
-	}
-	slices.SortFunc(h.identity, func(a, b identityHeader) int { return strings.Compare(a.name, b.name) })
+	h.sources = h.tokenSources()
+	h.identity = identity.NewHeaders(h.Headers)
 	h.challenge = `Bearer realm="` + h.Realm + `"`
 	h.cache = newTokenCache()
 
@@ -391,7 +378,7 @@ func (h *Handler) Validate() error {
 		return errors.New("max_lifetime: must not be negative")
 	}
 	for _, s := range h.FromHeader {
-		if !validHeaderName(s.Name) {
+		if !identity.ValidHeaderName(s.Name) {
 			return fmt.Errorf("from_header: invalid header name %q", s.Name)
 		}
 	}
@@ -401,20 +388,12 @@ func (h *Handler) Validate() error {
 	if slices.Contains(h.FromQuery, "") {
 		return errors.New("from_query: empty parameter name")
 	}
-	names := slices.Sorted(maps.Keys(h.Headers))
-	for i, name := range names {
-		if !validHeaderName(name) {
-			return fmt.Errorf("header: invalid header name %q", name)
-		}
-		if h.Headers[name] == "" {
-			return fmt.Errorf("header %s: empty claim path", name)
-		}
-		for _, other := range names[:i] {
-			if sameHeaderName(name, other) {
-				return fmt.Errorf("header %s: duplicate mapping (same header as %s)", name, other)
-			}
-		}
-		if src := h.tokenSourceHeader(name); src != "" {
+	if err := identity.CheckHeaders(h.Headers, "claim path"); err != nil {
+		return err
+	}
+	sources := h.tokenSources()
+	for _, name := range slices.Sorted(maps.Keys(h.Headers)) {
+		if src := identity.SourceHeader(sources, name); src != "" {
 			// Identity headers are deleted from every request first: the
 			// token would be gone before it is read.
 			return fmt.Errorf("header %s: the token is read from %s; an identity header must be another header", name, src)
@@ -425,34 +404,15 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("claim %q: needs a path and at least one value", path)
 		}
 	}
-	if hasControl(h.Realm) || strings.ContainsAny(h.Realm, "\"\\") {
+	if identity.HasControl(h.Realm) || strings.ContainsAny(h.Realm, "\"\\") {
 		return errors.New("realm: must not hold quotes, backslashes or control characters")
 	}
 	return nil
 }
 
-// tokenSourceHeader returns the request header the token is read from that
-// name denotes (in any casing, `_` for `-`), or "".
-func (h *Handler) tokenSourceHeader(name string) string {
-	if len(h.FromHeader) == 0 && len(h.FromCookie) == 0 && len(h.FromQuery) == 0 {
-		if sameHeaderName(name, "Authorization") {
-			return "Authorization"
-		}
-	}
-	for _, s := range h.FromHeader {
-		if sameHeaderName(name, s.Name) {
-			return s.Name
-		}
-	}
-	if len(h.FromCookie) > 0 && sameHeaderName(name, "Cookie") {
-		return "Cookie"
-	}
-	return ""
-}
-
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	h.deleteIdentityHeaders(r.Header)
+	h.identity.Delete(r)
 
 	if h.AllowPreflight && r.Method == http.MethodOptions &&
 		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
@@ -470,7 +430,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if h.Optional {
 			// Anonymous: every {http.auth.user.*} is known and empty.
 			h.counters.results[resultAnonymous].Inc()
-			repl.Map(anonymousPlaceholder)
+			repl.Map(identity.Anonymous)
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, repl, http.StatusUnauthorized, "", errNoToken)
@@ -488,22 +448,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, repl, g.status, g.code, g.refusal)
 	}
 
-	if n := len(g.headerValues); n > 0 {
-		// One allocation for every header; each gets its own slice of
-		// capacity one, so nothing downstream can write into the grant.
-		values := make([]string, n)
-		copy(values, g.headerValues)
-		for i, ih := range h.identity {
-			if values[i] != "" {
-				r.Header[ih.name] = values[i : i+1 : i+1]
-			}
-		}
-	}
+	h.identity.Set(r.Header, g.headerValues)
 	repl.Set("http.auth.user.id", g.userIDValue)
 	repl.Map(g.placeholder)
 
 	if h.StripToken {
-		stripToken(r, src)
+		identity.Strip(r, src)
 	}
 	h.counters.results[resultOK].Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "token verified"); c != nil {

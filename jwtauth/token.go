@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddygateway/caddy-gateway/internal/identity"
 )
 
 // maxTokenLen bounds the size of a token this module looks at. Larger input
@@ -541,7 +543,7 @@ func (v *verifier) checkClaims(claims jwt.MapClaims) error {
 		}
 	}
 	for _, path := range v.require {
-		if val, ok := lookupClaim(claims, path); !ok || val == nil {
+		if val, ok := identity.Lookup(claims, path); !ok || val == nil {
 			return errMissingClaim
 		}
 	}
