@@ -6,6 +6,9 @@
 //
 //   - http.handlers.jwt_auth (directive jwt_auth): verify a JWT and inject
 //     identity headers and {http.auth.user.*} placeholders.
+//   - http.handlers.api_key (directive api_key): API keys for machine
+//     clients, stored only as SHA-256 digests; the same identity headers and
+//     placeholders as jwt_auth.
 //   - http.handlers.throttle (directive throttle): per-client rate limiting.
 //   - http.handlers.aggregate (directive aggregate): fan out to several
 //     backends and merge their JSON.
@@ -23,6 +26,7 @@ import (
 	// Each package registers its module(s) and Caddyfile directive in init.
 	_ "github.com/caddygateway/caddy-gateway/admin"
 	_ "github.com/caddygateway/caddy-gateway/aggregate"
+	_ "github.com/caddygateway/caddy-gateway/apikey"
 	_ "github.com/caddygateway/caddy-gateway/cors"
 	_ "github.com/caddygateway/caddy-gateway/jwtauth"
 	_ "github.com/caddygateway/caddy-gateway/ratelimit"

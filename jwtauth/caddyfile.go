@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		optional
 //		allow_preflight
 //		realm        <name>
+//		resource_metadata <url>
 //	}
 //
 // The parser only fills fields: it reads no key or JWKS file and contacts
@@ -67,14 +68,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return nil
 		}
 		switch sub {
-		case "secret", "user_id", "realm":
+		case "secret", "user_id", "realm", "resource_metadata":
 			if err := single(); err != nil {
 				return err
 			}
 			if len(args) != 1 {
 				return d.ArgErr()
 			}
-			*map[string]*string{"secret": &h.Secret, "user_id": &h.UserID, "realm": &h.Realm}[sub] = args[0]
+			*map[string]*string{
+				"secret": &h.Secret, "user_id": &h.UserID, "realm": &h.Realm,
+				"resource_metadata": &h.ResourceMetadata,
+			}[sub] = args[0]
 		case "public_key", "jwks_url", "jwks_file", "oidc_issuer", "from_cookie", "from_query":
 			if len(args) != 1 {
 				return d.ArgErr()

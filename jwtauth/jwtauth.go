@@ -59,6 +59,9 @@ func init() {
 //	403 Bearer realm="<realm>", error="insufficient_scope"  valid token failing scope or claim rules
 //	400 Bearer realm="<realm>", error="invalid_request"  tokens in more than one place
 //	503 Retry-After: <seconds>                           a remote key set the token needs has never loaded
+//
+// With resource_metadata, every 401 challenge also carries
+// resource_metadata="<url>" (RFC 9728 §5.1).
 type Handler struct {
 	// HMAC secret (HS256/384/512): the text's raw bytes. At least as long
 	// as the hash (32 bytes for HS256); the HMAC algorithms the length
@@ -183,6 +186,14 @@ type Handler struct {
 	// Realm of the WWW-Authenticate challenge. Default: "restricted".
 	Realm string `json:"realm,omitempty"`
 
+	// URL of this resource's OAuth 2.0 Protected Resource Metadata (RFC
+	// 9728), e.g. https://api.example.com/.well-known/oauth-protected-resource.
+	// When set, every 401 challenge carries resource_metadata="<url>"
+	// (RFC 9728 §5.1), which MCP clients and other OAuth clients follow
+	// to find the authorization server. An absolute http(s) URL. Default:
+	// none.
+	ResourceMetadata string `json:"resource_metadata,omitempty"`
+
 	verifier *verifier
 	cache    *tokenCache
 	poolKeys []string
@@ -193,6 +204,7 @@ type Handler struct {
 	sources    []identity.Source
 	identity   identity.Headers
 	challenge  string // `Bearer realm="..."`
+	metadata   string // `, resource_metadata="..."` or ""
 	counters   *counters
 	logger     *zap.Logger
 	now        func() time.Time
@@ -264,6 +276,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.sources = h.tokenSources()
 	h.identity = identity.NewHeaders(h.Headers)
 	h.challenge = `Bearer realm="` + h.Realm + `"`
+	h.metadata = ""
+	if h.ResourceMetadata != "" {
+		h.metadata = `, resource_metadata="` + h.ResourceMetadata + `"`
+	}
 	h.cache = newTokenCache()
 
 	// Side effects last: a remote set starts fetching when first taken.
@@ -407,6 +423,11 @@ func (h *Handler) Validate() error {
 	if identity.HasControl(h.Realm) || strings.ContainsAny(h.Realm, "\"\\") {
 		return errors.New("realm: must not hold quotes, backslashes or control characters")
 	}
+	if h.ResourceMetadata != "" {
+		if err := checkHTTPURL(h.ResourceMetadata); err != nil || strings.ContainsAny(h.ResourceMetadata, "\"\\ ") {
+			return fmt.Errorf("resource_metadata: %q is not an absolute http(s) URL fit for a challenge", h.ResourceMetadata)
+		}
+	}
 	return nil
 }
 
@@ -473,6 +494,10 @@ func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, status int
 		if code == "insufficient_scope" && len(h.Scopes) > 0 {
 			challenge += `, scope="` + strings.Join(h.Scopes, " ") + `"`
 		}
+	}
+	if status == http.StatusUnauthorized {
+		// RFC 9728 §5.1: where the client finds the authorization server.
+		challenge += h.metadata
 	}
 	w.Header().Set("Www-Authenticate", challenge)
 	repl.Set("http.auth.jwt.error", reason.Error())

@@ -195,6 +195,7 @@ type Handler struct {
 	limiter  limiter
 	mem      *memStore // the limiter when it is the in-memory store
 	warned   *atomic.Bool
+	authWarn *authWarn // nil unless Key uses {http.auth.*} placeholders (authwarn.go)
 	counters counters
 	logger   *zap.Logger
 	redis    *redisLimiter
@@ -248,6 +249,7 @@ type limiter interface {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.warned = new(atomic.Bool)
+	h.authWarn = newAuthWarn(h.Key)
 
 	if h.Headers == "" {
 		h.Headers = HeadersIETF

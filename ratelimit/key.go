@@ -80,6 +80,7 @@ func (h *Handler) key(r *http.Request, ip netip.Addr) key {
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
+	h.authWarn.check(repl, h)
 	if h.keyVar != "" {
 		// One placeholder alone: its value, without building a string.
 		s, _ := repl.GetString(h.keyVar)
