@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
