@@ -27,6 +27,13 @@ import (
 // returns the site's base URL and its log. env adds environment variables.
 func binaryCaddy(t *testing.T, siteBody string, env ...string) (string, *lockedBuffer) {
 	t.Helper()
+	base, run := binaryCaddyRun(t, siteBody, env...)
+	return base, run.logs
+}
+
+// binaryCaddyRun is binaryCaddy, returning the running process.
+func binaryCaddyRun(t *testing.T, siteBody string, env ...string) (string, *caddyRun) {
+	t.Helper()
 	port, readyPort := freePort(), freePort()
 	dir := t.TempDir()
 	// A second site answers readiness checks, so that they do not count
@@ -36,14 +43,15 @@ func binaryCaddy(t *testing.T, siteBody string, env ...string) (string, *lockedB
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := startBinary(t, "", env, "run", "--config", path, "--adapter", "caddyfile").logs
+	run := startBinary(t, "", env, "run", "--config", path, "--adapter", "caddyfile")
+	logs := run.logs
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/", readyPort), nil)
 		c, err := (&http.Client{Timeout: time.Second}).Do(req)
 		if err == nil {
 			_ = c.Body.Close()
-			return base, logs
+			return base, run
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("caddy binary did not serve: %v\n%s", err, logs.String())

@@ -546,6 +546,14 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict, d decision) {
 		}
 		hv.v[0] = h.policy
 		hv.v[1] = bytesString(b, hv.buf[:])
+		if prev := hdr[hdrRateLimit]; len(prev) > 0 {
+			// An earlier throttle handler of the chain announced its
+			// limits: list ours after them.
+			hv.v[1] = strings.Join(prev, ", ") + ", " + hv.v[1]
+			if pp := hdr[hdrPolicy]; len(pp) > 0 {
+				hv.v[0] = strings.Join(pp, ", ") + ", " + hv.v[0]
+			}
+		}
 		hdr[hdrPolicy] = hv.v[0:1:1]
 		hdr[hdrRateLimit] = hv.v[1:2:2]
 	case HeadersLegacy:

@@ -438,3 +438,61 @@ func TestCostConfigErrors(t *testing.T) {
 		cancel()
 	}
 }
+
+// benchHandler provisions h for a benchmark.
+func benchHandler(b *testing.B, h *Handler) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Cleanup() })
+}
+
+// benchServe serves one request of 192.0.2.1 through h in a loop.
+func benchServe(b *testing.B, h *Handler, next caddyhttp.Handler) {
+	r := httptest.NewRequestWithContext(context.Background(), http.MethodGet, "http://example.com/", nil)
+	r.Header.Set("X-Cost", "3")
+	repl := caddyhttp.NewTestReplacer(r)
+	c := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	r = r.WithContext(context.WithValue(c, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.1"}))
+	w := &headerOnly{h: make(http.Header)}
+	b.ReportAllocs()
+	defer cpuPerOp(b)()
+	for b.Loop() {
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			b.Fatal(err)
+		}
+		w.reset()
+	}
+}
+
+// BenchmarkServeHTTPConcurrent: one rate and concurrent, in memory: a slot
+// taken and given back per request.
+func BenchmarkServeHTTPConcurrent(b *testing.B) {
+	h := &Handler{Rate: []Rate{{Events: 1_000_000_000, Period: caddy.Duration(time.Second)}}, Concurrent: 4}
+	benchHandler(b, h)
+	benchServe(b, h, okHandler)
+}
+
+// BenchmarkServeHTTPCostPlaceholder: one rate, a cost from a request
+// header.
+func BenchmarkServeHTTPCostPlaceholder(b *testing.B) {
+	h := &Handler{Rate: []Rate{{Events: 1_000_000_000, Period: caddy.Duration(time.Second)}}, Cost: "{http.request.header.X-Cost}"}
+	benchHandler(b, h)
+	benchServe(b, h, okHandler)
+}
+
+// BenchmarkServeHTTPCostHeader: one rate, a settlement from a response
+// header.
+func BenchmarkServeHTTPCostHeader(b *testing.B) {
+	h := &Handler{Rate: []Rate{{Events: 1_000_000_000, Period: caddy.Duration(time.Second)}}, CostHeader: "X-Tokens-Used"}
+	benchHandler(b, h)
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		w.Header()["X-Tokens-Used"] = tokensValue
+		return nil
+	})
+	benchServe(b, h, next)
+}
+
+var tokensValue = []string{"5"}
