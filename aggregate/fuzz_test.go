@@ -160,6 +160,8 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		f.Add(tc.input)
 	}
 	f.Add("aggregate {\n backend user http://127.0.0.1:9001/users/{http.auth.user.id} {\n method post\n header X-A one\n timeout 250ms\n required\n target data.user\n fallback `{\"name\": \"?\"}`\n }\n backend orders http://127.0.0.1:9002/orders?u={query.u}\n forward_headers Authorization\n timeout 2s\n max_body 2KiB\n}")
+	f.Add("aggregate {\n backend user http://127.0.0.1:9001/u {\n breaker 3 10s\n }\n backend orders http://127.0.0.1:9002/o/{backends.user.id}?x={backends.user.a.0} {\n header X-Org {backends.user.org}\n cache 20\n }\n}")
+	f.Add("aggregate {\n backend a http://127.0.0.1:9/a/{backends.b.id}\n backend b http://127.0.0.1:9/b/{backends.a.id}\n}")
 	f.Fuzz(func(t *testing.T, input string) {
 		tokens, err := caddyfile.Tokenize([]byte(input), "Fuzzfile")
 		if err != nil {
