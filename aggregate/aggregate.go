@@ -634,9 +634,13 @@ type call struct {
 	header http.Header
 	result
 	ttl time.Duration // with a cache: how long a 200 may be stored
+}
 
-	// With {backends.*} values: what prepare expanded, and the channel
-	// closed when the call is over (for the backends that wait for it).
+// link is the per-request chain state of one backend of a handler with
+// {backends.*} values (allocated only for such handlers): what prepare
+// expanded, and the channel closed when the call is over, for the backends
+// that wait for it.
+type link struct {
 	urlParts []string
 	pending  []pendingHeader
 	done     chan struct{}
@@ -685,11 +689,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	// on unchanged.
 	tracer := requestTracer(r.Context())
 	calls := make([]call, len(h.Backends))
+	var links []link
+	if h.chained {
+		links = make([]link, len(h.Backends))
+	}
 	for i, b := range h.Backends {
 		c := &calls[i]
 		var err error
 		if b.url.hasDeps {
-			c.urlParts, err = b.url.prepare(repl)
+			links[i].urlParts, err = b.url.prepare(repl)
 		} else {
 			c.url, err = b.url.expand(repl)
 		}
@@ -705,7 +713,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				if t.pieces != nil {
 					var parts []string
 					parts, err = t.prepare(repl)
-					c.pending = append(c.pending, pendingHeader{name: name, index: j, tmpl: t, parts: parts})
+					links[i].pending = append(links[i].pending, pendingHeader{name: name, index: j, tmpl: t, parts: parts})
 				} else {
 					vals[j], err = t.expand(repl)
 				}
@@ -729,7 +737,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
 	if h.chained {
-		h.callChained(ctx, tracer, calls)
+		h.callChained(ctx, tracer, calls, links)
 	} else {
 		var wg sync.WaitGroup
 		for i := 1; i < len(calls); i++ {
@@ -801,24 +809,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // for the backends it names (each call ends by the total budget, so every
 // wait does). A dependency that failed, or a value that cannot be used,
 // gives code `dependency` without a call.
-func (h *Handler) callChained(ctx context.Context, tracer trace.Tracer, calls []call) {
+func (h *Handler) callChained(ctx context.Context, tracer trace.Tracer, calls []call, links []link) {
 	for i, b := range h.Backends {
 		if b.dependedOn {
-			calls[i].done = make(chan struct{})
+			links[i].done = make(chan struct{})
 		}
 	}
 	var wg sync.WaitGroup
 	for i, b := range h.Backends {
 		wg.Go(func() {
 			c := &calls[i]
-			if c.done != nil {
-				defer close(c.done)
+			if links[i].done != nil {
+				defer close(links[i].done)
 			}
 			for _, d := range b.deps {
-				<-calls[d].done
+				<-links[d].done
 			}
 			if b.hasDeps {
-				if err := c.resolve(b, calls); err != nil {
+				if err := c.resolve(b, &links[i], calls); err != nil {
 					c.code = codeDependency
 					b.metrics.notCalled(codeDependency)
 					if tracer != nil {
@@ -836,7 +844,7 @@ func (h *Handler) callChained(ctx context.Context, tracer trace.Tracer, calls []
 
 // resolve fills the URL and header values of c with the {backends.*}
 // values of the finished calls it depends on.
-func (c *call) resolve(b *Backend, calls []call) error {
+func (c *call) resolve(b *Backend, l *link, calls []call) error {
 	lookup := func(ref *depRef) (string, error) {
 		dc := &calls[ref.dep]
 		if dc.code != "" {
@@ -845,13 +853,13 @@ func (c *call) resolve(b *Backend, calls []call) error {
 		return depValue(dc.value, ref.field)
 	}
 	if b.url.hasDeps {
-		u, err := b.url.fill(c.urlParts, lookup)
+		u, err := b.url.fill(l.urlParts, lookup)
 		if err != nil {
 			return err
 		}
 		c.url = u
 	}
-	for _, p := range c.pending {
+	for _, p := range l.pending {
 		v, err := p.tmpl.fill(p.parts, lookup)
 		if err != nil {
 			return err
