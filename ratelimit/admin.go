@@ -188,7 +188,6 @@ func (h *Handler) engine() string {
 	return "memory"
 }
 
-
 // adminKey returns the key a query names, as a request would be counted:
 // an address in the client-IP namespace grouped by the handler's prefixes,
 // or a configured key's value (an address grouped the same way, in the

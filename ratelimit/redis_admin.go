@@ -95,8 +95,8 @@ func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 }
 
 // resetRedis deletes k's rate state in Redis (not the leases of its
-// requests in progress) and publishes the reset to every instance. This instance forgets its refusal at once, whatever Redis
-// answers.
+// requests in progress) and publishes the reset to every instance. This
+// instance forgets its refusal at once, whatever Redis answers.
 func (h *Handler) resetRedis(ctx context.Context, k key) error {
 	z := h.redis.z
 	id := redisTag(k)
