@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 )
@@ -20,8 +22,12 @@ type env struct {
 	redisServer *redisServer
 }
 
-// origin is the allowed Origin of the cors scenarios.
-const origin = "https://app.example"
+const (
+	// origin is the allowed Origin of the cors scenarios.
+	origin = "https://app.example"
+	// apiKey is the key of the api_key scenarios.
+	apiKey = "cgw_load-key-0123456789abcdef0123456789abcdef"
+)
 
 // scenarios is the table of what `make load` measures: one site of the
 // caddy under test each. A scenario with `against` is reported as a delta
@@ -58,10 +64,14 @@ func scenarios(e *env) []*scenario {
 		"User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36")
 	withOrigin := header("Authorization", "Bearer "+e.token, "Origin", origin)
 
+	withKey := header("X-Api-Key", apiKey)
+
 	proxy := "reverse_proxy " + e.upstream
 	throttle := "throttle {\n\trate 1000000/1s burst 1000000\n}"
 	jwtAuth := fmt.Sprintf("jwt_auth {\n\tpublic_key %s\n\theader X-User-Id sub\n\theader X-User-Role role\n}", e.pubFile)
 	cors := "cors {\n\torigins " + origin + "\n}"
+	keyDigest := sha256.Sum256([]byte(apiKey))
+	apiKeyAuth := fmt.Sprintf("api_key {\n\tkey load %s load-consumer plan=gold\n\theader X-Consumer-Id id\n\theader X-Plan plan\n}", hex.EncodeToString(keyDigest[:]))
 
 	throttleRedis := fmt.Sprintf("throttle {\n\tzone load_redis\n\trate 1000000/1s burst 1000000\n\tredis redis://%s {\n\t\ton_error deny\n\t}\n}", e.redis)
 
@@ -84,6 +94,10 @@ func scenarios(e *env) []*scenario {
 			site: site(proxy), header: withOrigin},
 		{name: "cors", about: "cors, allowed Origin + reverse_proxy",
 			site: site(cors, proxy), header: withOrigin, against: "plain_origin", budget: &budget{allocs: 2}},
+		{name: "plain_apikey", about: "reverse_proxy alone, with an X-Api-Key header (baseline of api_key)",
+			site: site(proxy), header: withKey},
+		{name: "api_key", about: "api_key (X-Api-Key, 2 identity headers, key stripped) + reverse_proxy",
+			site: site(apiKeyAuth, proxy), header: withKey, against: "plain_apikey", budget: &budget{allocs: 3}},
 		{name: "slowest", about: "reverse_proxy to aggregate's slowest backend (5ms)",
 			site: site("rewrite * /slow", proxy), header: bearer},
 		{name: "aggregate", about: "aggregate of 3 backends (0, 2, 5ms)",
