@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -62,9 +63,10 @@ const (
 // throttle, an upstream): 204 No Content with Access-Control-Allow-Origin,
 // -Allow-Methods, -Allow-Headers, -Max-Age (and -Allow-Credentials,
 // -Allow-Private-Network when configured and asked for) when the origin,
-// the method and every requested header are allowed; 403 Forbidden without
-// any Access-Control-Allow-* header otherwise. An OPTIONS request without
-// those headers is not a preflight and passes on.
+// the method (GET, HEAD and POST always are) and every requested header are
+// allowed; 403 Forbidden without any Access-Control-Allow-* header
+// otherwise. An OPTIONS request without those headers is not a preflight
+// and passes on.
 //
 // Every other request passes on. When its origin is allowed, every response
 // to it carries Access-Control-Allow-Origin (the request's origin, or `*`
@@ -110,7 +112,10 @@ type Handler struct {
 
 	// The methods a preflight may ask for (Access-Control-Request-Method),
 	// sent as Access-Control-Allow-Methods. Among GET, HEAD, POST, PUT,
-	// DELETE, PATCH and OPTIONS, written in any case. Default: GET, HEAD,
+	// DELETE, PATCH and OPTIONS, written in any case. GET, HEAD and POST
+	// are always allowed, listed or not (the Fetch standard never needs
+	// them listed): `methods PUT` allows a preflight for GET, HEAD, POST and
+	// PUT and answers Access-Control-Allow-Methods: PUT. Default: GET, HEAD,
 	// POST.
 	Methods []string `json:"methods,omitempty"`
 
@@ -154,6 +159,8 @@ type Handler struct {
 	maxAge         string              // Access-Control-Max-Age value
 	preflightVary  []string            // tokens a preflight answer varies on
 	logger         *zap.Logger
+	errLog         *zap.Logger                 // the server's error log, http.log.error
+	errChain       *atomic.Pointer[errorChain] // the error routes, compiled at first use
 }
 
 // CaddyModule returns the Caddy module information.
@@ -167,6 +174,8 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision applies the defaults and compiles the configuration.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.errLog = caddy.Log().Named("http.log.error")
+	h.errChain = new(atomic.Pointer[errorChain])
 
 	origins, err := compileOrigins(h.Origins)
 	if err != nil {
@@ -333,13 +342,95 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		cw.origin = origins[0]
 	}
 	err := next.ServeHTTP(cw, r)
+	if err != nil {
+		if srv, chain := h.errorRoutes(r); chain != nil {
+			h.serveError(cw, r, err, srv, chain)
+			return nil
+		}
+	}
 	if !cw.wroteHeader {
-		// nothing written yet: the server writes the response after us,
-		// an error (401, 429, 502...) directly or through handle_errors,
-		// on this same header map but without passing through cw
+		// nothing written yet: the server writes the response after us, an
+		// error (401, 429, 502...) directly, on this same header map but
+		// without passing through cw
 		cw.answer()
 	}
 	return err
+}
+
+// errorChain is the server's error routes (handle_errors), compiled once.
+type errorChain struct {
+	srv   *caddyhttp.Server
+	chain caddyhttp.Handler
+}
+
+// errorRoutes returns the error routes of the request's server, or nil when
+// it has none or the request is already in them (an error there is the
+// server's to answer, as Caddy does).
+func (h *Handler) errorRoutes(r *http.Request) (*caddyhttp.Server, caddyhttp.Handler) {
+	ctx := r.Context()
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.Errors == nil || len(srv.Errors.Routes) == 0 || ctx.Value(caddyhttp.ErrorCtxKey) != nil {
+		return nil, nil
+	}
+	if c := h.errChain.Load(); c != nil && c.srv == srv {
+		return srv, c.chain
+	}
+	c := &errorChain{srv: srv, chain: srv.Errors.Routes.Compile(errorStatus)}
+	h.errChain.Store(c)
+	return srv, c.chain
+}
+
+// errorStatus ends the error routes as Caddy's own chain does: it writes the
+// error's status when no route wrote a response.
+var errorStatus caddyhttp.Handler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	w.WriteHeader(errorStatusCode(r.Context().Value(caddyhttp.ErrorCtxKey)))
+	return nil
+})
+
+func errorStatusCode(err any) int {
+	if he, ok := err.(caddyhttp.HandlerError); ok && he.StatusCode != 0 {
+		return he.StatusCode
+	}
+	return http.StatusInternalServerError
+}
+
+// serveError runs the server's error routes for err through cw, as the
+// server would after the route returned err (the same request context and
+// placeholders, the original method and URI), so that whatever they write
+// (a respond, a reverse_proxy to an error-page service with its own CORS
+// headers) carries the gateway's one CORS answer. Left to the server, they
+// would write on its own writer, past cw. It logs the error as the server
+// does, on the http.log.error logger.
+func (h *Handler) serveError(cw *responseWriter, r *http.Request, err error, srv *caddyhttp.Server, chain caddyhttp.Handler) {
+	er := srv.Errors.WithError(r, err) // a shallow copy of r
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
+		er.Method = orig.Method
+		er.RemoteAddr = orig.RemoteAddr
+		er.RequestURI = orig.RequestURI
+		if orig.URL != nil {
+			u := *orig.URL
+			er.URL = &u
+		}
+	}
+	err2 := chain.ServeHTTP(cw, er)
+	level, msg := zapcore.DebugLevel, err.Error()
+	if err2 != nil {
+		level, msg = zapcore.ErrorLevel, "error handling handler error"
+	}
+	if c := h.errLog.Check(level, msg); c != nil {
+		fields := []zap.Field{zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: r})}
+		if err2 != nil {
+			fields = append(fields, zap.String("error", err2.Error()), zap.Namespace("first_error"), zap.String("msg", err.Error()))
+		}
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) {
+			fields = append(fields, zap.Int("status", he.StatusCode), zap.String("err_id", he.ID), zap.String("err_trace", he.Trace))
+		}
+		c.Write(fields...)
+	}
+	if err2 != nil {
+		cw.WriteHeader(errorStatusCode(err))
+	}
 }
 
 // preflight answers a CORS-preflight request.
@@ -354,7 +445,7 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, origins []st
 		return
 	}
 	method := r.Header.Get(hdrRequestMethod)
-	if !slices.Contains(h.methods, method) {
+	if !safelisted(method) && !slices.Contains(h.methods, method) {
 		h.refuse(w, r, "method not allowed")
 		return
 	}
@@ -391,6 +482,13 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, origins []st
 		set(5, hdrAllowPrivateNetwork, "true")
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// safelisted reports whether m is a CORS-safelisted method (GET, HEAD,
+// POST): the Fetch standard never needs them in Access-Control-Allow-Methods,
+// so a preflight may always ask for them, whatever `methods` says.
+func safelisted(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodPost
 }
 
 // refuse answers a preflight that is not allowed: 403 with no

@@ -455,3 +455,48 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// GET, HEAD and POST are always allowed in a preflight, whatever `methods`
+// says (the Fetch standard never needs them listed); others must be listed.
+func TestPreflightSafelistedMethodsAlwaysAllowed(t *testing.T) {
+	h := provision(t, &Handler{Origins: []string{"https://app.example.com"}, Methods: []string{"put"}})
+	for method, want := range map[string]int{
+		"GET": http.StatusNoContent, "HEAD": http.StatusNoContent, "POST": http.StatusNoContent,
+		"PUT": http.StatusNoContent, "DELETE": http.StatusForbidden, "PATCH": http.StatusForbidden,
+	} {
+		nx := new(next)
+		w, err := serve(t, h, nx, http.MethodOptions,
+			"Origin", "https://app.example.com", "Access-Control-Request-Method", method,
+			"Access-Control-Request-Headers", "content-type")
+		if err != nil || nx.called {
+			t.Fatalf("%s: err %v, next called %v", method, err, nx.called)
+		}
+		if w.Code != want {
+			t.Errorf("%s: status %d, want %d", method, w.Code, want)
+		}
+		hdr := w.Result().Header
+		if want == http.StatusForbidden {
+			if names := allowHeaders(hdr); len(names) != 0 {
+				t.Errorf("%s: refusal carries %v", method, names)
+			}
+			continue
+		}
+		for k, v := range map[string]string{
+			"Access-Control-Allow-Origin":  "https://app.example.com",
+			"Access-Control-Allow-Methods": "PUT",
+			"Access-Control-Allow-Headers": "Authorization, Content-Type",
+			"Access-Control-Max-Age":       "300",
+		} {
+			if got := hdr.Values(k); len(got) != 1 || got[0] != v {
+				t.Errorf("%s: %s = %q, want %q", method, k, got, v)
+			}
+		}
+	}
+	// a header not allowed is refused for a safelisted method too
+	w, _ := serve(t, h, nil, http.MethodOptions,
+		"Origin", "https://app.example.com", "Access-Control-Request-Method", "GET",
+		"Access-Control-Request-Headers", "x-secret")
+	if w.Code != http.StatusForbidden || len(allowHeaders(w.Result().Header)) != 0 {
+		t.Errorf("GET with a header not allowed: status %d, %v", w.Code, w.Result().Header)
+	}
+}

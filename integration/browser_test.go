@@ -121,33 +121,7 @@ func TestBrowserCORS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	profile := t.TempDir()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(t.Context(),
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", "new"),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true),
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(profile),
-	)
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancelAlloc() // kills the browser and waits for it
-		waitNoChromium(t, profile)
-	}
-	t.Cleanup(stop)
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelTimeout()
+	ctx, stop := startBrowser(t, chromium)
 
 	api := siteURL("/api/users/me")
 
@@ -190,6 +164,41 @@ func TestBrowserCORS(t *testing.T) {
 	stop()
 }
 
+// startBrowser starts headless Chromium with a fresh profile; stop kills it
+// and fails the test if any of its processes outlives it (stop also runs at
+// cleanup).
+func startBrowser(t *testing.T, chromium string) (ctx context.Context, stop func()) {
+	t.Helper()
+	profile := t.TempDir()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(t.Context(),
+		chromedp.ExecPath(chromium),
+		chromedp.Flag("headless", "new"),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(profile),
+	)
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancelAlloc() // kills the browser and waits for it
+		waitNoChromium(t, profile)
+	}
+	t.Cleanup(stop)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancel)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancelTimeout)
+	return ctx, stop
+}
+
 // waitNoChromium fails the test if a process started with the test's
 // profile directory is still alive shortly after the browser was stopped.
 func waitNoChromium(t *testing.T, profile string) {
@@ -226,4 +235,76 @@ func processesWith(s string) []string {
 		}
 	}
 	return pids
+}
+
+// TestBrowserCORSErrorPage (issue 18 item 5): the gateway's handle_errors
+// proxies to an error-page service that sets its own CORS headers
+// (Access-Control-Allow-Origin of its own, credentials, Vary: Origin). The
+// page on the allowed origin still reads the 401 and its body: the response
+// carries one Access-Control-Allow-Origin, the gateway's (a browser refuses
+// a response with two, or with * on a credentialed fetch).
+func TestBrowserCORSErrorPage(t *testing.T) {
+	chromium := chromiumPath(t)
+
+	page := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write([]byte("<!doctype html><title>spa</title><p>app</p>"))
+	})
+	app := httptest.NewServer(page)
+	t.Cleanup(app.Close)
+
+	var acao atomic.Value // what the error service answers as its own ACAO
+	acao.Store("*")
+	errorPages := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", acao.Load().(string))
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Add("Vary", "Origin")
+		h.Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "unauthorized", "page": "error-service", "path": r.URL.Path})
+	}))
+	t.Cleanup(errorPages.Close)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"user":"alice"}`))
+	}))
+	t.Cleanup(upstream.Close)
+
+	gateway(t, "", `
+	cors /api/* {
+		origins `+app.URL+`
+		credentials
+	}
+	jwt_auth /api/* {
+		secret `+jwtSecret+`
+	}
+	reverse_proxy /api/* `+strings.TrimPrefix(upstream.URL, "http://")+`
+	handle_errors {
+		reverse_proxy `+strings.TrimPrefix(errorPages.URL, "http://")+`
+	}`)
+
+	bad, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"sub": "alice",
+		"exp": time.Now().Add(time.Hour).Unix(),
+	}).SignedString([]byte("another-secret-of-at-least-32-bytes!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := startBrowser(t, chromium)
+	api := siteURL("/api/users/me")
+	// the service's own answer: *, which a credentialed fetch refuses, then
+	// the page's own origin, which would be a second (duplicate) value
+	for _, own := range []string{"*", app.URL, "https://other.example"} {
+		acao.Store(own)
+		res := browserFetch(t, ctx, app.URL+"/", api, bad)
+		if !res.OK || res.Status != http.StatusUnauthorized {
+			t.Fatalf("error service answering ACAO %q: fetch %+v, want a readable 401", own, res)
+		}
+		var body map[string]string
+		if err := json.Unmarshal(res.Body, &body); err != nil || body["page"] != "error-service" || body["path"] != "/api/users/me" {
+			t.Fatalf("error service answering ACAO %q: body %s (%v)", own, res.Body, err)
+		}
+	}
+	stop()
 }

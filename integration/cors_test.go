@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -392,4 +393,150 @@ func closedAddr(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+// corsErrorService is an error-page service, as handle_errors may proxy to:
+// it answers every request with a JSON error, the status asked for in
+// X-Error-Status, and its own CORS headers (an
+// ACAO of its own, credentials, Vary: Origin), as frameworks do. It records
+// the path it was asked for.
+func corsErrorService(t *testing.T, acao string) (addr string, paths chan string) {
+	t.Helper()
+	paths = make(chan string, 16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case paths <- r.URL.Path:
+		default:
+		}
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", acao)
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Set("Access-Control-Expose-Headers", "X-Error-Page")
+		h.Add("Vary", "Origin")
+		h.Add("Vary", "Accept-Language")
+		h.Set("Content-Type", "application/json")
+		status, err := strconv.Atoi(r.Header.Get("X-Error-Status"))
+		if err != nil {
+			status = http.StatusInternalServerError
+		}
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(`{"error":"error page"}`))
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), paths
+}
+
+// Issue 18 item 5: handle_errors proxying to an error-page service that sets
+// its own CORS headers. The response still carries one answer, the
+// gateway's: one Access-Control-Allow-Origin (the request's origin, not the
+// service's), one -Allow-Credentials, the configured expose, Vary listing
+// Origin once and keeping the service's Accept-Language; the error route
+// sees the original URI. A disallowed origin gets no CORS header at all,
+// not even the service's.
+func TestCORSOneAnswerOnErrorRouteProxy(t *testing.T) {
+	up := newCORSUpstream(t)
+	for _, acao := range []string{"*", "https://other.example", corsOrigin} {
+		t.Run("service ACAO "+acao, func(t *testing.T) {
+			errSvc, paths := corsErrorService(t, acao)
+			tc := gateway(t, "", corsSite(t, up.addr(), `
+	handle_errors {
+		reverse_proxy `+errSvc+` {
+			header_up X-Error-Status {err.status_code}
+		}
+	}`))
+			check := func(resp *http.Response, body string, status int) {
+				t.Helper()
+				if resp.StatusCode != status || body != `{"error":"error page"}` {
+					t.Fatalf("status %d, want %d from the error page: %q", resp.StatusCode, status, body)
+				}
+				wantCORS(t, resp, corsOrigin)
+				if got := resp.Header.Values("Access-Control-Expose-Headers"); len(got) != 1 {
+					t.Errorf("Access-Control-Expose-Headers %q: the service's is kept beside the gateway's", got)
+				}
+				if vary := strings.Join(resp.Header.Values("Vary"), ","); !strings.Contains(vary, "Accept-Language") {
+					t.Errorf("Vary %q lost the service's Accept-Language", vary)
+				}
+				select {
+				case p := <-paths:
+					if p != "/api/x" {
+						t.Errorf("error service asked for %q, want the original /api/x", p)
+					}
+				default:
+					t.Error("the error route did not reach the error service")
+				}
+			}
+			// jwt_auth's 401
+			resp, body := do(t, tc, get(t, "/api/x", "Origin", corsOrigin))
+			check(resp, body, http.StatusUnauthorized)
+			if resp.Header.Get("WWW-Authenticate") == "" {
+				t.Error("jwt_auth's WWW-Authenticate lost on the error page")
+			}
+			// throttle's 429 (rate 3/1m)
+			for range 4 {
+				resp, body = do(t, tc, get(t, "/api/x", "Origin", corsOrigin, "Authorization", "Bearer "+token(t, `"sub":"a"`)))
+			}
+			check(resp, body, http.StatusTooManyRequests)
+			// a disallowed origin: no answer at all, not the service's
+			resp, _ = do(t, tc, get(t, "/api/x", "Origin", "https://evil.example"))
+			if names := allowHeaderNames(resp.Header); len(names) != 0 || resp.Header.Get("Access-Control-Expose-Headers") != "" {
+				t.Errorf("disallowed origin: error page carries %v", resp.Header)
+			}
+			if resp.StatusCode != http.StatusTooManyRequests { // the same client, still over its rate
+				t.Errorf("disallowed origin: status %d, want 429", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// GET, HEAD and POST are always allowed in a preflight, whatever `methods`
+// lists; another method must be listed. Refusals carry no
+// Access-Control-Allow-* header; nothing reaches jwt_auth or the upstream.
+func TestCORSPreflightSafelistedMethods(t *testing.T) {
+	up := newCORSUpstream(t)
+	tc := gateway(t, "", `
+	cors /api/* {
+		origins `+corsOrigin+`
+		methods DELETE
+	}
+	jwt_auth /api/* {
+		secret `+jwtSecret+`
+	}
+	reverse_proxy `+up.addr())
+	for method, want := range map[string]int{
+		"GET": http.StatusNoContent, "HEAD": http.StatusNoContent, "POST": http.StatusNoContent,
+		"DELETE": http.StatusNoContent, "PUT": http.StatusForbidden, "PATCH": http.StatusForbidden,
+	} {
+		resp, _ := do(t, tc, request(t, http.MethodOptions, "/api/orders",
+			"Origin", corsOrigin, "Access-Control-Request-Method", method,
+			"Access-Control-Request-Headers", "authorization"))
+		if resp.StatusCode != want {
+			t.Errorf("%s: status %d, want %d", method, resp.StatusCode, want)
+			continue
+		}
+		if want == http.StatusForbidden {
+			if names := allowHeaderNames(resp.Header); len(names) != 0 {
+				t.Errorf("%s: refusal carries %v", method, names)
+			}
+			continue
+		}
+		for k, v := range map[string]string{
+			"Access-Control-Allow-Origin":  corsOrigin,
+			"Access-Control-Allow-Methods": "DELETE",
+			"Access-Control-Allow-Headers": "Authorization, Content-Type",
+			"Access-Control-Max-Age":       "300",
+		} {
+			if got := resp.Header.Values(k); len(got) != 1 || got[0] != v {
+				t.Errorf("%s: %s = %q, want %q", method, k, got, v)
+			}
+		}
+	}
+	// an origin not allowed is refused for a safelisted method too
+	resp, _ := do(t, tc, request(t, http.MethodOptions, "/api/orders",
+		"Origin", "https://evil.example", "Access-Control-Request-Method", "GET"))
+	if resp.StatusCode != http.StatusForbidden || len(allowHeaderNames(resp.Header)) != 0 {
+		t.Errorf("disallowed origin, GET: status %d, headers %v", resp.StatusCode, resp.Header)
+	}
+	if n := up.count.Load(); n != 0 {
+		t.Fatalf("upstream saw %d preflights", n)
+	}
 }
