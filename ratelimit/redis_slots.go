@@ -98,7 +98,7 @@ func (z *redisZone) acquire(ctx context.Context, id string, q ask, out []verdict
 		z.refused.store(id, z.limits, out)
 	}
 	if d.allowed && q.slots > 0 {
-		d.lease = &lease{key: keys[len(keys)-1], member: member}
+		d.lease = &lease{key: keys[len(keys)-1], member: member, tag: id}
 		z.leases.add(d.lease)
 	}
 	return redisDecided, d
@@ -195,6 +195,7 @@ var inProgressLua = rueidis.NewLuaScript(inProgressScript)
 type lease struct {
 	key    string // the client's set of leases
 	member string // this lease in it
+	tag    string // the client's hash tag (its circuit)
 }
 
 // leaseSet holds the leases a handler's requests hold, and renews them in
@@ -285,26 +286,25 @@ func (z *redisZone) renew() {
 	}
 }
 
-// renewAll renews every lease held, in one pipelined round.
+// renewAll renews every lease held, in one pipelined round; a lease whose
+// master's circuit is open waits for the next round.
 func (z *redisZone) renewAll() {
 	held := z.leases.snapshot()
 	if len(held) == 0 {
 		return
 	}
 	ms := strconv.FormatInt(z.leases.lease.Milliseconds(), 10)
-	// Each lease on the circuit of its master: none is sent to a master
-	// that is down, and a failure opens the circuit of its own master.
 	var c rueidis.Client
-	circuits := make([]*redisCircuit, 0, len(held))
 	execs := make([]rueidis.LuaExec, 0, len(held))
+	circuits := make([]*redisCircuit, 0, len(held))
 	for _, l := range held {
-		cc, lc := z.client.get(keyTag(l.key))
+		cc, lc := z.conn(l.tag)
 		if lc == nil {
 			continue
 		}
 		c = lc
-		circuits = append(circuits, cc)
 		execs = append(execs, rueidis.LuaExec{Keys: []string{l.key}, Args: []string{ms, l.member}})
+		circuits = append(circuits, cc)
 	}
 	if len(execs) == 0 {
 		return
