@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -519,12 +520,13 @@ var (
 
 // setHeaders sets the rate-limit headers of the configured mode. The values
 // of one response, and the bytes of the ones formatted per request, share
-// one allocation; each header gets a slice of its own, so a later handler
-// editing one in place touches nothing else.
+// one value of a slab (one allocation every slabSize responses); each
+// header gets a slice of its own, so a later handler editing one in place
+// touches nothing else.
 func (h *Handler) setHeaders(hdr http.Header, out []verdict, d decision) {
 	switch h.Headers {
 	case HeadersIETF:
-		hv := new(ietfValues)
+		hv := ietfSlabs.next()
 		b := hv.buf[:0]
 		for i, v := range out {
 			if i > 0 {
@@ -569,7 +571,7 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict, d decision) {
 				j = i
 			}
 		}
-		lv := new(legacyValues)
+		lv := legacySlabs.next()
 		b := strconv.AppendInt(lv.buf[:0], out[j].remaining, 10)
 		n := len(b)
 		b = strconv.AppendInt(b, ceilSeconds(out[j].reset), 10)
@@ -581,6 +583,37 @@ func (h *Handler) setHeaders(hdr http.Header, out []verdict, d decision) {
 		hdr[hdrReset] = lv.v[2:3:3]
 	}
 }
+
+// slab hands out values of T for the headers of many responses from one
+// allocation: each value goes to one response only and is never reused
+// (the slab is collected once no response holds any of its values), so a
+// response costs an allocation only every slabSize responses. A sync.Pool
+// keeps one partly used slab per P: no lock, no contention.
+type slab[T any] struct {
+	v    [slabSize]T
+	used int
+}
+
+const slabSize = 32
+
+type slabPool[T any] struct{ p sync.Pool }
+
+// next returns a fresh value, never handed out before.
+func (sp *slabPool[T]) next() *T {
+	s, _ := sp.p.Get().(*slab[T])
+	if s == nil || s.used == slabSize {
+		s = new(slab[T])
+	}
+	v := &s.v[s.used]
+	s.used++
+	sp.p.Put(s)
+	return v
+}
+
+var (
+	ietfSlabs   slabPool[ietfValues]
+	legacySlabs slabPool[legacyValues]
+)
 
 // ietfValues are the IETF header values of one response, with room for the
 // bytes of the RateLimit value.

@@ -557,8 +557,8 @@ type headerOnly struct{ h http.Header }
 // reset drops the rate-limit headers, as a fresh response has none (a
 // throttle handler adds its items to those of earlier ones).
 func (w *headerOnly) reset() {
-	delete(w.h, hdrRateLimit)
-	delete(w.h, hdrPolicy)
+	w.h[hdrRateLimit] = nil
+	w.h[hdrPolicy] = nil
 }
 
 func (w *headerOnly) Header() http.Header         { return w.h }

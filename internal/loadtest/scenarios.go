@@ -73,6 +73,8 @@ func scenarios(e *env) []*scenario {
 	keyDigest := sha256.Sum256([]byte(apiKey))
 	apiKeyAuth := fmt.Sprintf("api_key {\n\tkey load %s load-consumer plan=gold\n\theader X-Consumer-Id id\n\theader X-Plan plan\n}", hex.EncodeToString(keyDigest[:]))
 
+	concurrent := "throttle {\n\trate 1000000/1s burst 1000000\n\tconcurrent 100000\n}"
+	cost := "throttle {\n\trate 1000000/1s burst 1000000\n\tcost 3\n\tcost_header X-Tokens-Used\n}"
 	throttleRedis := fmt.Sprintf("throttle {\n\tzone load_redis\n\trate 1000000/1s burst 1000000\n\tredis redis://%s {\n\t\ton_error deny\n\t}\n}", e.redis)
 
 	return []*scenario{
@@ -80,6 +82,10 @@ func scenarios(e *env) []*scenario {
 			site: site(proxy), header: bearer},
 		{name: "throttle", about: "throttle (memory) + reverse_proxy",
 			site: site(throttle, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 1}},
+		{name: "concurrent", about: "throttle with concurrent (memory: a slot per request) + reverse_proxy",
+			site: site(concurrent, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 1}},
+		{name: "cost", about: "throttle with cost 3 and cost_header (read at the end) + reverse_proxy",
+			site: site(cost, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 0}},
 		{name: "jwt_auth", about: "jwt_auth RS256 (cached token), 2 identity headers + reverse_proxy",
 			site: site(jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 3}},
 		{name: "stack", about: "throttle + jwt_auth RS256 + reverse_proxy",
