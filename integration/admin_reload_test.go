@@ -36,6 +36,9 @@ func adminReloadSite(gen int, jwksURL, aggURL string) string {
 		jwks_url %s
 		secret admin-reload-hmac-secret-0123456789abcdef
 	}
+	api_key /k* {
+		key ci-2026 %s ci-bot
+	}
 	handle /agg {
 		aggregate {
 			backend one %s/one {
@@ -44,7 +47,7 @@ func adminReloadSite(gen int, jwksURL, aggURL string) string {
 			}
 		}
 	}
-	respond "ok"`, gen, jwksURL, aggURL)
+	respond "ok"`, gen, jwksURL, strings.Repeat("ab", 32), aggURL)
 }
 
 // TestAdminReloadsUnderLoad: 20 config loads while requests flow and the
@@ -64,12 +67,12 @@ func TestAdminReloadsUnderLoad(t *testing.T) {
 
 	tc := gateway(t, "", adminReloadSite(0, srv.URL+"/keys", agg.URL))
 	waitStatus(t, tc.Client, tok, 200)
-	sizes := func() [3]int {
-		return [3]int{registry.ThrottleZones.Len(), registry.JWTKeySets.Len(), registry.Aggregates.Len()}
+	sizes := func() [4]int {
+		return [4]int{registry.ThrottleZones.Len(), registry.JWTKeySets.Len(), registry.Aggregates.Len(), registry.APIKeys.Len()}
 	}
 	start := sizes()
-	if start != [3]int{2, 2, 1} {
-		t.Fatalf("registry sizes %v after the first load, want 2 zones, 2 key sets, 1 aggregate", start)
+	if start != [4]int{2, 2, 1, 1} {
+		t.Fatalf("registry sizes %v after the first load, want 2 zones, 2 key sets, 1 aggregate, 1 api_key", start)
 	}
 
 	// done is the generation whose load has finished; loading the one
@@ -113,7 +116,7 @@ func TestAdminReloadsUnderLoad(t *testing.T) {
 	for range 2 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				for _, path := range []string{"/gateway/throttle", "/gateway/jwt", "/gateway/aggregate", "/gateway/throttle/throttle?ip=127.0.0.1"} {
+				for _, path := range []string{"/gateway/throttle", "/gateway/jwt", "/gateway/aggregate", "/gateway/api_key", "/gateway/throttle/throttle?ip=127.0.0.1"} {
 					low := done.Load()
 					status, body, err := adminTry(ctx, "GET", admin, path)
 					high := loading.Load()
@@ -174,6 +177,10 @@ func TestAdminReloadsUnderLoad(t *testing.T) {
 		adminJSON(t, "GET", "/gateway/aggregate", 200, &aggs)
 		if len(aggs.Handlers) != 1 {
 			fail("after load %d: aggregate handlers %d, want 1", gen, len(aggs.Handlers))
+		}
+		adminJSON(t, "GET", "/gateway/api_key", 200, &aggs)
+		if len(aggs.Handlers) != 1 {
+			fail("after load %d: api_key handlers %d, want 1", gen, len(aggs.Handlers))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
