@@ -815,30 +815,35 @@ func (h *Handler) callChained(ctx context.Context, tracer trace.Tracer, calls []
 			links[i].done = make(chan struct{})
 		}
 	}
-	var wg sync.WaitGroup
-	for i, b := range h.Backends {
-		wg.Go(func() {
-			c := &calls[i]
-			if links[i].done != nil {
-				defer close(links[i].done)
-			}
-			for _, d := range b.deps {
-				<-links[d].done
-			}
-			if b.hasDeps {
-				if err := c.resolve(b, &links[i], calls); err != nil {
-					c.code = codeDependency
-					b.metrics.notCalled(codeDependency)
-					if tracer != nil {
-						_, span := startSpan(ctx, tracer, b, c.header)
-						endSpan(span, &c.result)
-					}
-					return
+	run := func(i int) {
+		b, c := h.Backends[i], &calls[i]
+		if links[i].done != nil {
+			defer close(links[i].done)
+		}
+		for _, d := range b.deps {
+			<-links[d].done
+		}
+		if b.hasDeps {
+			if err := c.resolve(b, &links[i], calls); err != nil {
+				c.code = codeDependency
+				b.metrics.notCalled(codeDependency)
+				if tracer != nil {
+					_, span := startSpan(ctx, tracer, b, c.header)
+					endSpan(span, &c.result)
 				}
+				return
 			}
-			h.callBackend(ctx, tracer, b, c)
-		})
+		}
+		h.callBackend(ctx, tracer, b, c)
 	}
+	// Every backend but the last runs in a goroutine of its own; the last
+	// runs here (whatever it waits for runs elsewhere, so this never
+	// blocks a dependency).
+	var wg sync.WaitGroup
+	for i := range len(h.Backends) - 1 {
+		wg.Go(func() { run(i) })
+	}
+	run(len(h.Backends) - 1)
 	wg.Wait()
 }
 

@@ -109,6 +109,12 @@ func scenarios(e *env) []*scenario {
 		{name: "aggregate", about: "aggregate of 3 backends (0, 2, 5ms)",
 			site:   site(fmt.Sprintf("aggregate {\n\tbackend fast http://%[1]s/fast\n\tbackend mid http://%[1]s/mid\n\tbackend slow http://%[1]s/slow\n}", e.upstream)),
 			header: bearer, against: "slowest"},
+		{name: "aggregate_one", about: "aggregate of 1 backend (0ms) (baseline of aggregate_chain)",
+			site:   site(fmt.Sprintf("aggregate {\n\tbackend first http://%s/fast\n}", e.upstream)),
+			header: bearer},
+		{name: "aggregate_chain", about: "aggregate chain of 2 backends (0ms): the second's path takes the first's value",
+			site:   site(fmt.Sprintf("aggregate {\n\tbackend first http://%[1]s/fast\n\tbackend second http://%[1]s/fast/{backends.first.ok}\n}", e.upstream)),
+			header: bearer, against: "aggregate_one"},
 		{name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true,
 			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6, cpu: 10}},
 	}
