@@ -293,7 +293,7 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 			flat[sc.name] = f
 		}
 	}
-	exact := "exact: memprofilerate 1"
+	exact := "memprofilerate 1: every allocation but the tiny ones (under 16 B, no pointers) that share a block, which memstats counts"
 	if o.memProfileRate != 1 {
 		exact = "sampled: run with -memprofilerate 1 for exact counts"
 	}
