@@ -20,7 +20,8 @@ import (
 // What it reads is clamped to the cap, and a TAT beyond it is written back
 // clamped: a clock stepped backwards leaves TATs far ahead of the new now,
 // and without the clamp would lock the client out for the length of the
-// step. Otherwise it writes only when the slots and every rate admit the
+// step; a lease scored more than one lease ahead (set before the step) is
+// dropped for the same reason. Otherwise it writes only when the slots and every rate admit the
 // request, and then sets each key to expire when its
 // bucket is full again (the lease set when its last lease expires), so idle
 // clients cost no memory. Expired leases (of a crashed instance) are
@@ -47,6 +48,10 @@ local slotOK = true
 if slots > 0 then
   n = n - 1
   redis.call('ZREMRANGEBYSCORE', KEYS[n+1], '-inf', now / 1000)
+  -- A lease never runs more than one lease ahead, unless the clock
+  -- stepped back: such a lease would hold its slot for the length of the
+  -- step.
+  redis.call('ZREMRANGEBYSCORE', KEYS[n+1], '(' .. string.format('%.3f', now / 1000 + tonumber(ARGV[3])), '+inf')
   local used = redis.call('ZCARD', KEYS[n+1])
   if used >= slots then slotOK = false end
   free = slots - used

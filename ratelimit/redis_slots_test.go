@@ -161,6 +161,20 @@ func TestRedisClockSteppedBack(t *testing.T) {
 	}
 }
 
+// TestRedisClockSteppedBackLeases: a lease scored an hour ahead (written
+// before Redis's clock stepped back one hour, by an instance that then
+// crashed) does not hold its slot for the hour.
+func TestRedisClockSteppedBackLeases(t *testing.T) {
+	srv := redistest.Start(t)
+	z := slotZone(t, []string{srv.URL()}, Redis{Timeout: caddy.Duration(5 * time.Second)}, 1, 1, false)
+	keys := z.keys("stepped")
+	aheadMS := redisMicros(t, srv)/1000 + int64(time.Hour/time.Millisecond) + 30_000
+	srv.MustCli("ZADD", keys[len(keys)-1], strconv.FormatInt(aheadMS, 10), "crashed:1")
+	if _, d := z.acquire(context.Background(), "stepped", ask{units: 1, slots: 1}, nil); !d.allowed {
+		t.Fatal("a lease left an hour ahead by a clock step holds its slot")
+	}
+}
+
 // redisMicros returns Redis's clock in microseconds.
 func redisMicros(t *testing.T, srv *redistest.Server) int64 {
 	f := strings.Fields(srv.MustCli("TIME"))
