@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -341,5 +342,58 @@ func BenchmarkRefusalStoreFullShard(b *testing.B) {
 	for b.Loop() {
 		c.store(ids[i%len(ids)], limits, out)
 		i++
+	}
+}
+
+// TestRedisDownConcurrencyPolicies: with Redis dead, on_error local keeps
+// a local semaphore of the same size (and settles in memory); allow lets
+// requests pass without a slot; deny refuses them 503.
+func TestRedisDownConcurrencyPolicies(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, policy := range []string{OnErrorLocal, OnErrorAllow, OnErrorDeny} {
+		t.Run(policy, func(t *testing.T) {
+			h := &Handler{Zone: "down-" + policy, Concurrent: 2, Rate: []Rate{rate(1, time.Hour, 10)}, CostHeader: "X-Used",
+				Redis: &Redis{URLs: []string{srv.URL()}, OnError: policy, Timeout: caddy.Duration(200 * time.Millisecond)}}
+			provision(t, h)
+			srv.Kill()
+			t.Cleanup(srv.Restart)
+			b := newBlocking()
+			b.header = map[string]string{"X-Used": "4"}
+			held := []<-chan *httptest.ResponseRecorder{serveAsync(h, "192.0.2.1", b), serveAsync(h, "192.0.2.1", b)}
+			switch policy {
+			case OnErrorDeny:
+				for _, ch := range held {
+					if w := <-ch; w.Code != 503 {
+						t.Fatalf("deny: %d, want 503", w.Code)
+					}
+				}
+				return
+			default:
+				<-b.started
+				<-b.started
+			}
+			w, err := serveWith(h, "192.0.2.1", okHandler)
+			want := 429
+			if policy == OnErrorAllow {
+				want = 200
+			}
+			if code(w, err) != want {
+				t.Fatalf("third request with two in progress: %d, want %d", code(w, err), want)
+			}
+			close(b.release)
+			for _, ch := range held {
+				<-ch
+			}
+			if n := inflight(h.mem); n != 0 {
+				t.Fatalf("%d local slots held after the requests finished", n)
+			}
+			if policy == OnErrorLocal {
+				// 4 + 4 settled locally of 10: one more of 1 leaves 1.
+				w, _ := serveWith(h, "192.0.2.1", okHandler)
+				if got := w.Header().Get("RateLimit"); !strings.HasPrefix(got, `"down-local";r=1;`) {
+					t.Fatalf("RateLimit %q: local settlements not applied", got)
+				}
+			}
+		})
 	}
 }
