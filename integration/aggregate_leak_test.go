@@ -7,8 +7,11 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/pprof"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 // settledGoroutines returns the number of goroutines once it has stopped
@@ -127,25 +130,7 @@ func TestAggregateNoGoroutineOutlivesItsRequest(t *testing.T) {
 			}
 		}
 		// The client goes away while both slow backends are waiting.
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			resp, err := tc.Client.Do(get(t, "/gone").WithContext(ctx))
-			if err == nil {
-				resp.Body.Close()
-				t.Error("/gone answered although the client went away")
-			}
-		}()
-		for range 2 {
-			select {
-			case <-entered:
-			case <-time.After(10 * time.Second):
-				t.Fatal("backends of /gone not called")
-			}
-		}
-		cancel()
-		<-done
+		abandon(t, tc, "/gone", 1, entered, 2)
 	}
 
 	// The first round starts what stays for the process or the config
@@ -164,6 +149,33 @@ func TestAggregateNoGoroutineOutlivesItsRequest(t *testing.T) {
 	if hang.hits.Load() != 3 || stall.hits.Load() != 3 || trickle.hits.Load() != 3 || gone.hits.Load() != 6 {
 		t.Fatalf("backend calls: hang %d, stall %d, trickle %d, gone %d", hang.hits.Load(), stall.hits.Load(), trickle.hits.Load(), gone.hits.Load())
 	}
+}
+
+// abandon sends n concurrent requests for path and cancels them once the
+// backends have been entered calls times.
+func abandon(t *testing.T, tc *caddytest.Tester, path string, n int, entered <-chan struct{}, calls int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			resp, err := tc.Client.Do(get(t, path).WithContext(ctx))
+			if err == nil {
+				resp.Body.Close()
+				t.Errorf("%s answered although the client went away", path)
+			}
+		})
+	}
+	for range calls {
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("backends of %s not called", path)
+		}
+	}
+	cancel()
+	wg.Wait()
 }
 
 // A hung dependency is cut by the total budget and every backend waiting
@@ -219,34 +231,9 @@ func TestAggregateChainNoGoroutineOutlivesItsRequest(t *testing.T) {
 			t.Fatalf("/chain: status %d: %s", resp.StatusCode, body)
 		}
 		// The client goes away while a waits for root and two requests
-		// share one cached call.
-		ctx, cancel := context.WithCancel(context.Background())
-		var done []chan struct{}
-		for range 2 {
-			d := make(chan struct{})
-			done = append(done, d)
-			go func() {
-				defer close(d)
-				resp, err := tc.Client.Do(get(t, "/gone").WithContext(ctx))
-				if err == nil {
-					resp.Body.Close()
-					t.Error("/gone answered although the client went away")
-				}
-			}()
-		}
-		// root twice, shared once or twice (the second request may join
-		// the first's call).
-		for range 3 {
-			select {
-			case <-entered:
-			case <-time.After(10 * time.Second):
-				t.Fatal("backends of /gone not called")
-			}
-		}
-		cancel()
-		for _, d := range done {
-			<-d
-		}
+		// share one cached call: root twice, shared once or twice (the
+		// second request may join the first's call).
+		abandon(t, tc, "/gone", 2, entered, 3)
 		for len(entered) > 0 {
 			<-entered
 		}
