@@ -156,7 +156,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.keys = make(map[[digestLen]byte]*entry)
 	h.entries = h.entries[:0]
 	ids := map[string]string{}
-	add := func(k *Key, name string) error {
+	// add compiles entry k; name names it in errors (with the file), short
+	// names it beside another entry.
+	add := func(k *Key, name, short string) error {
 		e, digest, err := compileKey(k, h.identity)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -171,13 +173,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.logger.Warn("api_key entry refused on every request: a value mapped to a header holds a control character",
 				zap.String("key_id", e.id))
 		}
-		ids[k.ID] = name
+		ids[k.ID] = short
 		h.keys[digest] = e
 		h.entries = append(h.entries, e)
 		return nil
 	}
 	for i := range h.Keys {
-		if err := add(&h.Keys[i], "key "+entryName(i, h.Keys[i].ID)); err != nil {
+		short := "key " + entryName(i, h.Keys[i].ID)
+		if err := add(&h.Keys[i], short, short); err != nil {
 			return err
 		}
 	}
@@ -188,7 +191,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 		for i := range stored {
-			if err := add(&stored[i], fmt.Sprintf("keys_file %s: %s", file, entryName(i, stored[i].ID))); err != nil {
+			short := entryName(i, stored[i].ID)
+			if err := add(&stored[i], "keys_file "+file+": "+short, short); err != nil {
 				return err
 			}
 		}
