@@ -172,3 +172,5 @@ func TestIdentityTrailersNeverReachUpstream(t *testing.T) {
 		}
 	}
 }
+
+func (u *trailerUpstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
