@@ -540,3 +540,22 @@ func TestCORSPreflightSafelistedMethods(t *testing.T) {
 		t.Fatalf("upstream saw %d preflights", n)
 	}
 }
+
+// An error route that itself fails: the response keeps the first error's
+// status (as Caddy answers it) and the CORS answer, and cors placed inside
+// handle_errors too does not run the error routes again.
+func TestCORSErrorRouteFails(t *testing.T) {
+	up := newCORSUpstream(t)
+	tc := gateway(t, "", corsSite(t, up.addr(), `
+	handle_errors {
+		cors {
+			origins `+corsOrigin+`
+		}
+		error "error page broke" 500
+	}`))
+	resp, _ := do(t, tc, get(t, "/api/x", "Origin", corsOrigin))
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("status %d, want the first error's 401", resp.StatusCode)
+	}
+	wantCORS(t, resp, corsOrigin)
+}
