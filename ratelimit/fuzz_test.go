@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -11,11 +13,13 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // A rate parses to a valid rate or an error; a valid rate prints and parses
@@ -219,4 +223,30 @@ func tokens(input string) []caddyfile.Token {
 		}
 	}
 	return out
+}
+
+// A cost or a reported cost, whatever its text, is a whole number from 1 to
+// the smallest burst (cost) or of at least 0 (cost_header), or refused:
+// never a panic, never a negative or out-of-range value.
+func FuzzCost(f *testing.F) {
+	for _, s := range []string{"1", "10", "0", "-1", "+1", " 3 ", "1e3", "0x10", "99999999999999999999", "", "３", "1_000"} {
+		f.Add(s)
+	}
+	h := &Handler{Cost: "{http.request.header.X-Cost}", CostHeader: "X-Used", Rate: []Rate{{Events: 1, Period: caddy.Duration(time.Second), Burst: 10}}}
+	h.provisionCost()
+	f.Fuzz(func(t *testing.T, s string) {
+		if n, ok := wholeNumber(s); ok && n < 0 {
+			t.Fatalf("wholeNumber(%q) = %d", s, n)
+		}
+		r := httptest.NewRequestWithContext(context.Background(), http.MethodGet, "http://example.com/", nil)
+		r.Header["X-Cost"] = []string{s}
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddyhttp.NewTestReplacer(r)))
+		if n, ok := h.costOf(r); ok && (n < 1 || n > 10) {
+			t.Fatalf("cost %q gives %d", s, n)
+		}
+		hdr := http.Header{"X-Used": {s}}
+		if n, ok := h.reportedCost(hdr); ok && n < 0 {
+			t.Fatalf("reported %q gives %d", s, n)
+		}
+	})
 }

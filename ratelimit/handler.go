@@ -80,9 +80,16 @@ const (
 //
 // Seconds are whole and rounded up. The handler sets no placeholders.
 //
-// Metrics (labelled by zone only): caddy_throttle_allowed_total,
-// caddy_throttle_refused_total and caddy_throttle_dry_run_total (requests
-// that would have been refused in dry-run mode).
+// With `concurrent`, the limit is one more item, `<zone>-concurrency`, with
+// `qu="concurrent-requests"` (draft-11) in RateLimit-Policy and r = the slots
+// left in RateLimit. A chain of throttle handlers lists all their items.
+//
+// Metrics (labelled by zone, never by key): caddy_throttle_allowed_total,
+// caddy_throttle_refused_total, caddy_throttle_dry_run_total (requests
+// that would have been refused in dry-run mode),
+// caddy_throttle_refusals_total{zone,reason} (reason rate or concurrency),
+// caddy_throttle_in_progress (requests holding a slot, in this instance)
+// and caddy_throttle_settle_failures_total.
 //
 // With a `redis` block the zone's state lives in Redis (see Redis): while
 // Redis is unavailable, `on_error deny` refuses requests with status 503
