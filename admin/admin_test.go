@@ -230,3 +230,37 @@ func TestModuleRegistered(t *testing.T) {
 		t.Fatal("admin.api.gateway is not an AdminRouter")
 	}
 }
+
+func TestThrottleInProgress(t *testing.T) {
+	h := provisionThrottle(t, &ratelimit.Handler{Zone: "busy", Concurrent: 2})
+	release := make(chan struct{})
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		r := httptest.NewRequestWithContext(t.Context(), "GET", "/", nil)
+		r.RemoteAddr = "192.0.2.9:1000"
+		done <- h.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+			close(started)
+			<-release
+			return nil
+		}))
+	}()
+	<-started
+	_, body := call(t, "GET", "/gateway/throttle/busy?ip=192.0.2.9")
+	var st registry.ThrottleClient
+	if err := json.Unmarshal([]byte(body), &st); err != nil || st.InProgress != 1 || st.Concurrent != 2 || len(st.Rates) != 0 {
+		t.Errorf("while a request runs: %s", body)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_, body = call(t, "GET", "/gateway/throttle/busy?ip=192.0.2.9")
+	if !strings.Contains(body, `"in_progress":0,`) {
+		t.Errorf("after it finished: %s", body)
+	}
+	_, body = call(t, "GET", "/gateway/throttle")
+	if !strings.Contains(body, `"name":"busy","named":true,"rates":[],"concurrent":2`) {
+		t.Errorf("zone list: %s", body)
+	}
+}
