@@ -67,7 +67,7 @@ func main() {
 	flag.IntVar(&o.n, "n", 5000, "requests per scenario per round")
 	flag.IntVar(&o.conc, "c", 16, "concurrent clients")
 	flag.IntVar(&o.rounds, "rounds", 4, "alternating rounds")
-	limit := flag.Duration("timeout", 5*time.Minute, "hard limit for the whole run")
+	limit := flag.Duration("timeout", 10*time.Minute, "hard limit for the whole run")
 	flag.StringVar(&o.only, "only", "", "comma-separated scenario names to run (with their baselines; the first baseline always runs)")
 	flag.StringVar(&o.pprofDir, "pprof", "", "directory for allocation profiles around n more requests per scenario, and a per-function diff over each baseline")
 	flag.IntVar(&o.memProfileRate, "memprofilerate", 0, "caddy's runtime.MemProfileRate (GODEBUG memprofilerate; 1 = every allocation; slows every figure)")
