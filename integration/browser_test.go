@@ -33,6 +33,23 @@ func chromiumPath(t *testing.T) string {
 	return ""
 }
 
+// otherSecret signs tokens the gateway refuses (it verifies with jwtSecret).
+const otherSecret = "another-secret-of-at-least-32-bytes!"
+
+// aliceToken is an HS256 token for sub alice, valid for an hour, signed with
+// secret.
+func aliceToken(t *testing.T, secret string) string {
+	t.Helper()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"sub": "alice",
+		"exp": time.Now().Add(time.Hour).Unix(),
+	}).SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 // fetchResult is what the page's script reports about one fetch.
 type fetchResult struct {
 	OK       bool            `json:"ok"`    // the fetch resolved (any status)
@@ -106,20 +123,8 @@ func TestBrowserCORS(t *testing.T) {
 	}
 	reverse_proxy /api/* `+strings.TrimPrefix(upstream.URL, "http://"))
 
-	good, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"sub": "alice",
-		"exp": time.Now().Add(time.Hour).Unix(),
-	}).SignedString([]byte(jwtSecret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"sub": "alice",
-		"exp": time.Now().Add(time.Hour).Unix(),
-	}).SignedString([]byte("another-secret-of-at-least-32-bytes!"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := aliceToken(t, jwtSecret)
+	bad := aliceToken(t, otherSecret)
 
 	ctx, stop := startBrowser(t, chromium)
 
@@ -284,13 +289,7 @@ func TestBrowserCORSErrorPage(t *testing.T) {
 		reverse_proxy `+strings.TrimPrefix(errorPages.URL, "http://")+`
 	}`)
 
-	bad, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"sub": "alice",
-		"exp": time.Now().Add(time.Hour).Unix(),
-	}).SignedString([]byte("another-secret-of-at-least-32-bytes!"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	bad := aliceToken(t, otherSecret)
 	ctx, stop := startBrowser(t, chromium)
 	api := siteURL("/api/users/me")
 	// the service's own answer: *, which a credentialed fetch refuses, then
