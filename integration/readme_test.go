@@ -83,7 +83,8 @@ func TestREADMETryIt(t *testing.T) {
 		}
 		for _, w := range c.want {
 			if missing := missingFragment(out.text, w.fragments); missing != "" {
-				t.Errorf("README.md:%d: %s\noutput lacks %q (README.md:%d), output:\n%s", c.line, c.text, missing, w.line, out.text)
+				t.Errorf("README.md:%d: %s\noutput lacks %q (README.md:%d; a # line is fragments cut at ..., "+
+					"text after \" — \" is a note, a line starting with — is all note), output:\n%s", c.line, c.text, missing, w.line, out.text)
 			}
 		}
 	}
