@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -114,7 +115,7 @@ func dependencies(names []string, keys [][]string) ([][]int, error) {
 					return nil, &graphError{i, k, fmt.Sprintf("backend %q: {%s}: empty field segment", names[i], k)}
 				}
 			}
-			if !containsInt(deps[i], d) {
+			if !slices.Contains(deps[i], d) {
 				deps[i] = append(deps[i], d)
 			}
 		}
@@ -168,15 +169,6 @@ func keyFor(ks []string, d int, names []string) string {
 		}
 	}
 	return ""
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // errDependency is wrapped by every error a dependency value gives: the
