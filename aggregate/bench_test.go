@@ -271,8 +271,10 @@ func BenchmarkCacheHitVsRespond(b *testing.B) {
 		{Name: "cached", URL: up.URL + "/items/{id}", Cache: &CacheConfig{}},
 	}})
 	envelope := `{"data":{"cached":` + string(body) + `}}`
-	static := &caddyhttp.StaticResponse{StatusCode: caddyhttp.WeakString("200"), Body: envelope,
-		Headers: http.Header{"Content-Type": {"application/json"}}}
+	static := &caddyhttp.StaticResponse{
+		StatusCode: caddyhttp.WeakString("200"), Body: envelope,
+		Headers: http.Header{"Content-Type": {"application/json"}},
+	}
 	newReq := func() *http.Request {
 		req := httptest.NewRequestWithContext(b.Context(), http.MethodGet, "/", nil)
 		repl := caddy.NewReplacer()

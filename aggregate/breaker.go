@@ -88,6 +88,8 @@ func (b *breaker) state() string {
 		return "open"
 	case gobreaker.StateHalfOpen:
 		return "half_open"
+	case gobreaker.StateClosed:
+		return "closed"
 	default:
 		return "closed"
 	}
@@ -101,6 +103,8 @@ func stateValue(s gobreaker.State) float64 {
 		return 2
 	case gobreaker.StateHalfOpen:
 		return 1
+	case gobreaker.StateClosed:
+		return 0
 	default:
 		return 0
 	}

@@ -197,8 +197,10 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 // control character into a header: it is refused (code dependency) or
 // stays inside its segment, parameter or header value.
 func FuzzDependencyTemplate(f *testing.F) {
-	for _, v := range []string{`"a/b"`, `"a&user=2"`, `".."`, `"."`, `""`, `"%2e%2e"`, `"a b#c?d"`, `"\u0000"`, `"a\r\nX: 1"`,
-		`12345678901234567890`, `-1.5e3`, `true`, `null`, `{"a":1}`, `[1]`, `"é"`, `"?x=1#f"`, `"a;b=c"`} {
+	for _, v := range []string{
+		`"a/b"`, `"a&user=2"`, `".."`, `"."`, `""`, `"%2e%2e"`, `"a b#c?d"`, `"\u0000"`, `"a\r\nX: 1"`,
+		`12345678901234567890`, `-1.5e3`, `true`, `null`, `{"a":1}`, `[1]`, `"é"`, `"?x=1#f"`, `"a;b=c"`,
+	} {
 		f.Add(`{"id":`+v+`}`, "http://127.0.0.1:9001/items/{backends.src.id}/detail?id={backends.src.id}&fixed=a%20b")
 	}
 	f.Add(`{"a":{"b":["x/y"]}}`, "http://127.0.0.1:9001/{backends.src.a.b.0}?q={backends.src.a.b.0}")
@@ -277,8 +279,10 @@ func FuzzDependencyTemplate(f *testing.F) {
 // s-maxage is there and none of no-store, no-cache, private, Set-Cookie or
 // Vary: * is, and never longer than the larger of them.
 func FuzzCacheControl(f *testing.F) {
-	for _, cc := range []string{"max-age=60", "s-maxage=10, max-age=60", "no-store", `private="x", max-age=5`, `max-age="7"`,
-		"MAX-AGE=3", "max-age=1, max-age=2", `foo="a,no-cache", max-age=9`, `max-age="9`, "max-age=99999999999999999999", ",,, ,max-age=1,"} {
+	for _, cc := range []string{
+		"max-age=60", "s-maxage=10, max-age=60", "no-store", `private="x", max-age=5`, `max-age="7"`,
+		"MAX-AGE=3", "max-age=1, max-age=2", `foo="a,no-cache", max-age=9`, `max-age="9`, "max-age=99999999999999999999", ",,, ,max-age=1,",
+	} {
 		f.Add(cc, "", "", false)
 		f.Add(cc, "10", "Accept", false)
 		f.Add(cc, "", "*", true)
@@ -305,7 +309,7 @@ func FuzzCacheControl(f *testing.F) {
 		if cookie || !strings.Contains(lower, "max-age") && !strings.Contains(lower, "s-maxage") {
 			t.Fatalf("%q (cookie %v): stored for %v", cc, cookie, got)
 		}
-		for _, v := range strings.Split(vary, ",") {
+		for v := range strings.SplitSeq(vary, ",") {
 			if strings.TrimSpace(v) == "*" {
 				t.Fatalf("Vary %q: stored", vary)
 			}
@@ -313,7 +317,7 @@ func FuzzCacheControl(f *testing.F) {
 		// A directive standing alone between commas (outside quotes, which
 		// this check ignores only when there are none) forbids storing.
 		if !strings.Contains(cc, `"`) {
-			for _, d := range strings.Split(lower, ",") {
+			for d := range strings.SplitSeq(lower, ",") {
 				name, _, _ := strings.Cut(strings.TrimSpace(d), "=")
 				switch strings.TrimSpace(name) {
 				case "no-store", "no-cache", "private":

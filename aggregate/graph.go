@@ -28,10 +28,10 @@ func isDepKey(key string) bool { return strings.HasPrefix(key, depPrefix) }
 // (up to the first dot) when no backend has that name.
 func resolveDep(key string, names []string) (int, []string, string) {
 	rest := key[len(depPrefix):]
-	best := -1
+	best, bestLen := -1, -1
 	for i, n := range names {
-		if (rest == n || strings.HasPrefix(rest, n+".")) && (best < 0 || len(n) > len(names[best])) {
-			best = i
+		if (rest == n || strings.HasPrefix(rest, n+".")) && len(n) > bestLen {
+			best, bestLen = i, len(n)
 		}
 	}
 	if best < 0 {
@@ -110,10 +110,8 @@ func dependencies(names []string, keys [][]string) ([][]int, error) {
 			case d == i:
 				return nil, &graphError{i, k, fmt.Sprintf("backend %q: {%s}: a backend cannot use its own response", names[i], k)}
 			}
-			for _, seg := range field {
-				if seg == "" {
-					return nil, &graphError{i, k, fmt.Sprintf("backend %q: {%s}: empty field segment", names[i], k)}
-				}
+			if slices.Contains(field, "") {
+				return nil, &graphError{i, k, fmt.Sprintf("backend %q: {%s}: empty field segment", names[i], k)}
 			}
 			if !slices.Contains(deps[i], d) {
 				deps[i] = append(deps[i], d)

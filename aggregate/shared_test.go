@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caddygateway/caddy-gateway/internal/registry"
+
 	"github.com/caddyserver/caddy/v2"
 )
 

@@ -12,13 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // traceBackends starts a JSON backend and a failing one, both recording
@@ -195,7 +195,7 @@ func TestSpanShowsCacheHitAndBreakerRefusal(t *testing.T) {
 		}
 		m := map[attribute.Key]string{}
 		for _, kv := range s.Attributes() {
-			m[kv.Key] = kv.Value.Emit()
+			m[kv.Key] = kv.Value.String()
 		}
 		if s.Name() == "cached" && m["url.template"] != up.URL+"/c?api_key&id" {
 			t.Errorf("url.template %q", m["url.template"])

@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -20,9 +21,7 @@ func cacheBackend(t *testing.T, cc func(r *http.Request) http.Header) *aggUpstre
 	t.Helper()
 	var n atomic.Int64
 	return newAggUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		for k, v := range cc(r) {
-			w.Header()[k] = v
-		}
+		maps.Copy(w.Header(), cc(r))
 		fmt.Fprintf(w, `{"n":%d,"user":%q,"tenant":%q,"path":%q}`, n.Add(1), r.Header.Get("X-User"), r.Header.Get("X-Tenant"), r.URL.RequestURI()) //nolint:gosec // a JSON test backend
 	})
 }
@@ -160,7 +159,7 @@ func TestAggregateCacheNoCrossIdentityLeak(t *testing.T) {
 // that asked, and an answer is reused only while it is fresh.
 func TestAggregateCacheIdentityProperty(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
-	rng := rand.New(rand.NewPCG(seed, 1))
+	rng := rand.New(rand.NewPCG(seed, 1)) //nolint:gosec // a reproducible test sequence, not a secret
 	t.Logf("seed %d", seed)
 	directives := []string{"max-age=600", "s-maxage=600", "private, max-age=600", "no-store", "max-age=600, no-cache", "", "max-age=0"}
 	var mu sync.Mutex
