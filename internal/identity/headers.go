@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Header is one `header` line: a request header set from a verified value.
@@ -102,19 +103,51 @@ func (g *trailerGuard) Read(p []byte) (int, error) {
 }
 
 // Set sets the identity headers from values (parallel to hs; "" is not
-// set). Every header gets its own slice of capacity one out of a single
-// allocation, so nothing downstream can write into values.
+// set). Every header gets its own slice of capacity one, of strings no
+// other request was given (freshStrings), so nothing downstream can write
+// into values or into another request's headers.
 func (hs Headers) Set(hdr http.Header, values []string) {
 	if len(values) == 0 {
 		return
 	}
-	own := make([]string, len(values))
+	own := freshStrings(len(values))
 	copy(own, values)
 	for i, ih := range hs {
 		if own[i] != "" {
 			hdr[ih.Name] = own[i : i+1 : i+1]
 		}
 	}
+}
+
+// valueBlockLen is how many header values one allocation holds: the
+// values of 32 requests with two identity headers.
+const valueBlockLen = 64
+
+// valueBlock is a run of header values handed out in order, each once.
+type valueBlock struct {
+	v    [valueBlockLen]string
+	used int
+}
+
+// valueBlocks holds, per P, the block requests take their values from.
+var valueBlocks sync.Pool
+
+// freshStrings returns n strings that were never handed out before, of
+// capacity n: out of a shared block for a few values (one allocation per
+// block, not per request), else allocated. A block lives on while any
+// request holds a value of it.
+func freshStrings(n int) []string {
+	if n > valueBlockLen/4 {
+		return make([]string, n)
+	}
+	b, _ := valueBlocks.Get().(*valueBlock)
+	if b == nil || b.used+n > valueBlockLen {
+		b = new(valueBlock)
+	}
+	out := b.v[b.used : b.used+n : b.used+n]
+	b.used += n
+	valueBlocks.Put(b)
+	return out
 }
 
 // SameHeaderName compares header names case-insensitively, treating `_`
