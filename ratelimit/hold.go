@@ -1,7 +1,9 @@
 package ratelimit
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -254,4 +256,32 @@ func parseKeyText(id string) (key, bool) {
 		return k, true
 	}
 	return key{}, false
+}
+
+// UnmarshalJSON decodes a handler, strictly (unknown fields are errors, as
+// Caddy decodes modules), taking `cost` as a JSON number or a string.
+func (h *Handler) UnmarshalJSON(b []byte) error {
+	type plain Handler
+	aux := struct {
+		*plain
+		Cost json.RawMessage `json:"cost,omitempty"`
+	}{plain: (*plain)(h)}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&aux); err != nil {
+		return err
+	}
+	h.Cost = ""
+	if len(aux.Cost) == 0 || string(aux.Cost) == "null" {
+		return nil
+	}
+	if aux.Cost[0] == '"' {
+		return json.Unmarshal(aux.Cost, &h.Cost)
+	}
+	var n json.Number
+	if err := json.Unmarshal(aux.Cost, &n); err != nil {
+		return fmt.Errorf("cost: want a whole number or a placeholder string: %w", err)
+	}
+	h.Cost = n.String()
+	return nil
 }

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -496,3 +497,24 @@ func BenchmarkServeHTTPCostHeader(b *testing.B) {
 }
 
 var tokensValue = []string{"5"}
+
+// TestCostJSON: cost is a JSON number or a string; unknown fields are
+// refused.
+func TestCostJSON(t *testing.T) {
+	for in, want := range map[string]string{`{"cost":5}`: "5", `{"cost":"7"}`: "7", `{"cost":"{http.request.header.X-Cost}"}`: "{http.request.header.X-Cost}", `{}`: ""} {
+		var h Handler
+		if err := json.Unmarshal([]byte(in), &h); err != nil || h.Cost != want {
+			t.Errorf("%s: cost %q, %v; want %q", in, h.Cost, err, want)
+		}
+	}
+	for _, in := range []string{`{"cost":true}`, `{"cost":[1]}`, `{"bogus":1}`} {
+		var h Handler
+		if err := json.Unmarshal([]byte(in), &h); err == nil {
+			t.Errorf("%s decoded", in)
+		}
+	}
+	var h Handler
+	if err := json.Unmarshal([]byte(`{"rate":[{"events":1,"period":1000000000}],"zone":"z","concurrent":3,"cost_header":"X-A"}`), &h); err != nil || h.Zone != "z" || h.Concurrent != 3 || len(h.Rate) != 1 || h.CostHeader != "X-A" {
+		t.Fatalf("%+v %v", h, err)
+	}
+}
