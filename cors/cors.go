@@ -82,7 +82,13 @@ const (
 //
 // CORS headers set by later handlers or an upstream are replaced by the
 // handler's (or removed, when there is no answer to give), so a browser
-// never sees two answers. `Vary: Origin` is merged into the response's Vary
+// never sees two answers. That holds for error pages too: when a later
+// handler returns an error and the server has error routes
+// (`handle_errors`), the handler runs them itself, as the server would
+// (same request, placeholders and original URI, the error logged on
+// http.log.error), so that what they write, a `reverse_proxy` to an
+// error-page service with CORS headers of its own included, passes through
+// it. `Vary: Origin` is merged into the response's Vary
 // unless `origins` is `*` (whose answer is the same for every origin and
 // is then sent on every response, as the Fetch standard advises for caches);
 // preflight answers also vary on Access-Control-Request-Method and
