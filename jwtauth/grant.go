@@ -4,11 +4,10 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/caddygateway/caddy-gateway/internal/identity"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/caddygateway/caddy-gateway/internal/identity"
 )
 
 // verify checks a token through the verified-token cache: a token verified

@@ -11,14 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/identity"
+	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/caddygateway/caddy-gateway/internal/identity"
-	"github.com/caddygateway/caddy-gateway/internal/registry"
 )
 
 func init() {

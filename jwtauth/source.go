@@ -12,7 +12,7 @@ var errManyTokens = errors.New("tokens in more than one place")
 // tokenSources compiles the from_* lines; without any, the token is read
 // from `Authorization: Bearer` only.
 func (h *Handler) tokenSources() []identity.Source {
-	var sources []identity.Source
+	sources := make([]identity.Source, 0, len(h.FromHeader)+len(h.FromCookie)+len(h.FromQuery))
 	for _, s := range h.FromHeader {
 		sources = append(sources, identity.Source{Kind: identity.FromHeader, Name: http.CanonicalHeaderKey(s.Name), Prefix: s.Prefix})
 	}

@@ -12,9 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/golang-jwt/jwt/v5"
-
 	"github.com/caddygateway/caddy-gateway/internal/identity"
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // maxTokenLen bounds the size of a token this module looks at. Larger input

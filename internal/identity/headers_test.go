@@ -15,7 +15,7 @@ func TestHeadersDeleteEveryVariant(t *testing.T) {
 	if hs[0].Name != "X-Role" || hs[1].Name != "X-User-Id" {
 		t.Fatalf("headers not canonical and sorted: %+v", hs)
 	}
-	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil)
 	r.Header = http.Header{
 		"X-User-Id": {"a"}, "x-user-id": {"b"}, "X_User_Id": {"c"}, "x_USER-id": {"d"},
 		"X-Role": {"e"}, "X-User-Ids": {"keep"}, "Authorization": {"keep"},
@@ -31,7 +31,7 @@ func TestHeadersDeleteEveryVariant(t *testing.T) {
 // of the body (it merges every trailer it reads into the announced map).
 func TestHeadersDeleteTrailers(t *testing.T) {
 	hs := NewHeaders(map[string]string{"X-User-Id": "sub"})
-	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("body"))
+	r := httptest.NewRequestWithContext(t.Context(), http.MethodPost, "/", strings.NewReader("body"))
 	r.Trailer = http.Header{"X-User-Id": nil, "X-Checksum": nil}
 	hs.Delete(r)
 	if _, ok := r.Trailer["X-User-Id"]; ok {
@@ -62,7 +62,7 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func TestHeadersDeleteNoTrailerNoWrap(t *testing.T) {
 	hs := NewHeaders(map[string]string{"X-User-Id": "sub"})
-	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("body"))
+	r := httptest.NewRequestWithContext(t.Context(), http.MethodPost, "/", strings.NewReader("body"))
 	body := r.Body
 	hs.Delete(r)
 	if r.Body != body {
@@ -114,7 +114,7 @@ func TestHeadersSetOwnValues(t *testing.T) {
 	}
 	// More values than a block shares are allocated on their own.
 	many := map[string]string{}
-	var manyValues []string
+	manyValues := make([]string, 0, valueBlockLen/4+1)
 	for i := range valueBlockLen/4 + 1 {
 		many["X-H"+strconv.Itoa(i)] = "p"
 		manyValues = append(manyValues, strconv.Itoa(i))

@@ -195,6 +195,8 @@ func SourceHeader(sources []Source, name string) string {
 			if SameHeaderName(name, "Cookie") {
 				return "Cookie"
 			}
+		case FromQuery:
+			// in the URL: no header
 		}
 	}
 	return ""

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -22,7 +23,7 @@ func FuzzExtract(f *testing.F) {
 			return
 		}
 		sources := []Source{{Kind: FromHeader, Name: "Authorization", Prefix: prefix}, {Kind: FromQuery, Name: "api_key"}}
-		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/", nil)
 		r.URL.RawQuery = rawQuery
 		r.Header = http.Header{"Authorization": {header}}
 		for _, emptyIsNone := range []bool{true, false} {
@@ -43,7 +44,7 @@ func FuzzExtract(f *testing.F) {
 				t.Fatalf("credential %q not in the header %q", cred, header)
 			}
 			if src.Kind == FromQuery {
-				if got := r.URL.Query()["api_key"]; !contains(got, cred) {
+				if got := r.URL.Query()["api_key"]; !slices.Contains(got, cred) {
 					t.Fatalf("credential %q not in the query %q", cred, rawQuery)
 				}
 			}
@@ -64,13 +65,4 @@ func FuzzExtract(f *testing.F) {
 			t.Fatalf("api_key left in %q", stripped)
 		}
 	})
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -33,7 +33,7 @@ func TestExtract(t *testing.T) {
 		{"cookie", key, true, "/", http.Header{"Cookie": {"a=1; k=c"}}, "c", nil},
 		{"cookie and header", key, true, "/", http.Header{"Cookie": {"k=c"}, "X-Api-Key": {"k"}}, "", ErrMany},
 	} {
-		r := httptest.NewRequest(http.MethodGet, c.target, nil)
+		r := httptest.NewRequestWithContext(t.Context(), http.MethodGet, c.target, nil)
 		r.Header = c.header
 		got, src, err := Extract(r, c.sources, c.emptyIsNone)
 		if !errors.Is(err, c.err) || got != c.want || (got != "") != (src != nil) {
@@ -43,7 +43,7 @@ func TestExtract(t *testing.T) {
 }
 
 func TestStripKeepsTheRestByteForByte(t *testing.T) {
-	r := httptest.NewRequest(http.MethodGet, "/p?a=%41%2b&api%5Fkey=s&b=x+y&api_key=t&c&=z", nil)
+	r := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/p?a=%41%2b&api%5Fkey=s&b=x+y&api_key=t&c&=z", nil)
 	Strip(r, &Source{Kind: FromQuery, Name: "api_key"})
 	if want := "a=%41%2b&b=x+y&c&=z"; r.URL.RawQuery != want {
 		t.Fatalf("query %q, want %q", r.URL.RawQuery, want)
@@ -51,7 +51,7 @@ func TestStripKeepsTheRestByteForByte(t *testing.T) {
 	if r.RequestURI != "/p?a=%41%2b&b=x+y&c&=z" {
 		t.Fatalf("RequestURI %q", r.RequestURI)
 	}
-	r = httptest.NewRequest(http.MethodGet, "/p?api_key=s", nil)
+	r = httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/p?api_key=s", nil)
 	Strip(r, &Source{Kind: FromQuery, Name: "api_key"})
 	if r.URL.RawQuery != "" || r.RequestURI != "/p" {
 		t.Fatalf("only parameter: %q %q", r.URL.RawQuery, r.RequestURI)

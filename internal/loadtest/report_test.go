@@ -137,7 +137,7 @@ func TestCheckTable(t *testing.T) {
 		scs  []*scenario
 		want string
 	}{
-		{"other header", []*scenario{ok[0], {name: "cors", site: site("x"), header: origin, against: "baseline"}}, "sends other headers than its baseline baseline"},
+		{"other header", []*scenario{ok[0], {name: "cors", site: site("x"), header: origin, against: "baseline"}}, "scenario cors: sends other headers than its baseline"},
 		{"unknown baseline", []*scenario{ok[0], {name: "cors", site: site("x"), header: auth, against: "plain"}}, `unknown baseline "plain"`},
 		{"twice", []*scenario{ok[0], ok[0]}, "name used twice"},
 		{"no site", []*scenario{{name: "empty", header: auth}}, "no site"},
@@ -166,11 +166,15 @@ func TestScenarioTable(t *testing.T) {
 
 func TestSelectScenarios(t *testing.T) {
 	scs := []*scenario{
-		{name: "baseline"}, {name: "throttle", against: "baseline"}, {name: "jwt_auth", against: "baseline"},
-		{name: "throttle_redis", against: "throttle"}, {name: "plain_origin"}, {name: "cors", against: "plain_origin"},
+		{name: "baseline"},
+		{name: "throttle", against: "baseline"},
+		{name: "jwt_auth", against: "baseline"},
+		{name: "throttle_redis", against: "throttle"},
+		{name: "plain_origin"},
+		{name: "cors", against: "plain_origin"},
 	}
 	names := func(scs []*scenario) string {
-		var out []string
+		out := make([]string, 0, len(scs))
 		for _, sc := range scs {
 			out = append(out, sc.name)
 		}

@@ -25,8 +25,8 @@ type env struct {
 const (
 	// origin is the allowed Origin of the cors scenarios.
 	origin = "https://app.example"
-	// apiKey is the key of the api_key scenarios.
-	apiKey = "cgw_load-key-0123456789abcdef0123456789abcdef"
+	// apiKey is the key of the api_key scenarios (made up for this run).
+	apiKey = "cgw_load-key-0123456789abcdef0123456789abcdef" //nolint:gosec // a test key, made up for the load run
 )
 
 // scenarios is the table of what `make load` measures: one site of the
@@ -78,45 +78,81 @@ func scenarios(e *env) []*scenario {
 	throttleRedis := fmt.Sprintf("throttle {\n\tzone load_redis\n\trate 1000000/1s burst 1000000\n\tredis redis://%s {\n\t\ton_error deny\n\t}\n}", e.redis)
 
 	return []*scenario{
-		{name: "baseline", about: "reverse_proxy alone (same Authorization header as the others)",
-			site: site(proxy), header: bearer},
-		{name: "throttle", about: "throttle (memory) + reverse_proxy",
-			site: site(throttle, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 1}},
-		{name: "concurrent", about: "throttle with concurrent (memory: a slot per request) + reverse_proxy",
-			site: site(concurrent, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 1}},
-		{name: "cost", about: "throttle with cost 3 and cost_header (read at the end) + reverse_proxy",
-			site: site(cost, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 0}},
-		{name: "jwt_auth", about: "jwt_auth RS256 (cached token), 2 identity headers + reverse_proxy",
-			site: site(jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 3}},
-		{name: "stack", about: "throttle + jwt_auth RS256 + reverse_proxy",
-			site: site(throttle, jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 4, bytes: 400}},
-		{name: "plain_browser", about: "reverse_proxy alone, a browser's 13 request headers (baseline of *_browser)",
-			site: site(proxy), header: browser},
-		{name: "jwt_browser", about: "jwt_auth as above, a browser's 13 request headers",
-			site: site(jwtAuth, proxy), header: browser, against: "plain_browser"},
-		{name: "stack_browser", about: "stack as above, a browser's 13 request headers",
-			site: site(throttle, jwtAuth, proxy), header: browser, against: "plain_browser"},
-		{name: "plain_origin", about: "reverse_proxy alone, with an Origin header (baseline of cors)",
-			site: site(proxy), header: withOrigin},
-		{name: "cors", about: "cors, allowed Origin + reverse_proxy",
-			site: site(cors, proxy), header: withOrigin, against: "plain_origin", budget: &budget{allocs: 2}},
-		{name: "plain_apikey", about: "reverse_proxy alone, with an X-Api-Key header (baseline of api_key)",
-			site: site(proxy), header: withKey},
-		{name: "api_key", about: "api_key (X-Api-Key, 2 identity headers, key stripped) + reverse_proxy",
-			site: site(apiKeyAuth, proxy), header: withKey, against: "plain_apikey", budget: &budget{allocs: 3}},
-		{name: "slowest", about: "reverse_proxy to aggregate's slowest backend (5ms)",
-			site: site("rewrite * /slow", proxy), header: bearer},
-		{name: "aggregate", about: "aggregate of 3 backends (0, 2, 5ms)",
+		{
+			name: "baseline", about: "reverse_proxy alone (same Authorization header as the others)",
+			site: site(proxy), header: bearer,
+		},
+		{
+			name: "throttle", about: "throttle (memory) + reverse_proxy",
+			site: site(throttle, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 1},
+		},
+		{
+			name: "concurrent", about: "throttle with concurrent (memory: a slot per request) + reverse_proxy",
+			site: site(concurrent, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 1},
+		},
+		{
+			name: "cost", about: "throttle with cost 3 and cost_header (read at the end) + reverse_proxy",
+			site: site(cost, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 0},
+		},
+		{
+			name: "jwt_auth", about: "jwt_auth RS256 (cached token), 2 identity headers + reverse_proxy",
+			site: site(jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 3},
+		},
+		{
+			name: "stack", about: "throttle + jwt_auth RS256 + reverse_proxy",
+			site: site(throttle, jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 4, bytes: 400},
+		},
+		{
+			name: "plain_browser", about: "reverse_proxy alone, a browser's 13 request headers (baseline of *_browser)",
+			site: site(proxy), header: browser,
+		},
+		{
+			name: "jwt_browser", about: "jwt_auth as above, a browser's 13 request headers",
+			site: site(jwtAuth, proxy), header: browser, against: "plain_browser",
+		},
+		{
+			name: "stack_browser", about: "stack as above, a browser's 13 request headers",
+			site: site(throttle, jwtAuth, proxy), header: browser, against: "plain_browser",
+		},
+		{
+			name: "plain_origin", about: "reverse_proxy alone, with an Origin header (baseline of cors)",
+			site: site(proxy), header: withOrigin,
+		},
+		{
+			name: "cors", about: "cors, allowed Origin + reverse_proxy",
+			site: site(cors, proxy), header: withOrigin, against: "plain_origin", budget: &budget{allocs: 2},
+		},
+		{
+			name: "plain_apikey", about: "reverse_proxy alone, with an X-Api-Key header (baseline of api_key)",
+			site: site(proxy), header: withKey,
+		},
+		{
+			name: "api_key", about: "api_key (X-Api-Key, 2 identity headers, key stripped) + reverse_proxy",
+			site: site(apiKeyAuth, proxy), header: withKey, against: "plain_apikey", budget: &budget{allocs: 3},
+		},
+		{
+			name: "slowest", about: "reverse_proxy to aggregate's slowest backend (5ms)",
+			site: site("rewrite * /slow", proxy), header: bearer,
+		},
+		{
+			name: "aggregate", about: "aggregate of 3 backends (0, 2, 5ms)",
 			site:   site(fmt.Sprintf("aggregate {\n\tbackend fast http://%[1]s/fast\n\tbackend mid http://%[1]s/mid\n\tbackend slow http://%[1]s/slow\n}", e.upstream)),
-			header: bearer, against: "slowest"},
-		{name: "aggregate_one", about: "aggregate of 1 backend (0ms) (baseline of aggregate_chain)",
+			header: bearer, against: "slowest",
+		},
+		{
+			name: "aggregate_one", about: "aggregate of 1 backend (0ms) (baseline of aggregate_chain)",
 			site:   site(fmt.Sprintf("aggregate {\n\tbackend first http://%s/fast\n}", e.upstream)),
-			header: bearer},
-		{name: "aggregate_chain", about: "aggregate chain of 2 backends (0ms): the second's path takes the first's value",
+			header: bearer,
+		},
+		{
+			name: "aggregate_chain", about: "aggregate chain of 2 backends (0ms): the second's path takes the first's value",
 			site:   site(fmt.Sprintf("aggregate {\n\tbackend first http://%[1]s/fast\n\tbackend second http://%[1]s/fast/{backends.first.ok}\n}", e.upstream)),
-			header: bearer, against: "aggregate_one"},
-		{name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true,
-			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6, cpu: 10}},
+			header: bearer, against: "aggregate_one",
+		},
+		{
+			name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true,
+			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6, cpu: 10},
+		},
 	}
 }
 
