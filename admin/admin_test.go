@@ -62,8 +62,7 @@ func hit(t *testing.T, h *ratelimit.Handler, addr string) int {
 	r := httptest.NewRequestWithContext(t.Context(), "GET", "/", nil)
 	r.RemoteAddr = addr
 	err := h.ServeHTTP(httptest.NewRecorder(), r, next)
-	var he caddyhttp.HandlerError
-	if errors.As(err, &he) {
+	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
 		return he.StatusCode
 	}
 	if err != nil {

@@ -384,7 +384,7 @@ func TestAdminAnswersHoldNoSecrets(t *testing.T) {
 		jwksFileK  = "andrcy1maWxlLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm" // testdata/keys/jwks.json
 		jwksFileN  = "tyB2jEdSSXysL6a7XIx7uO2D7fQGpi0nc9hdGAbJfJYhIyxBz2RsUYoQdtsoGMLSrEpU"
 		jwksFileX  = "cFt6Aax2bO0UlWZrW7qlTAgXs2SJgOf4z4SYJA2mYLU"
-		apiKey     = "cgw_admin-test-api-key-0123456789"
+		apiKey     = "cgw_admin-test-api-key-0123456789" //nolint:gosec // a test key, searched for in the answers
 	)
 	digest := fmt.Sprintf("%x", sha256.Sum256([]byte(apiKey)))
 	srv := newJWKSServer(t)
@@ -416,7 +416,7 @@ func TestAdminAnswersHoldNoSecrets(t *testing.T) {
 	waitStatus(t, tc.Client, remote.sign(t, claims(nil)), 200)
 	do(t, tc, get(t, "/"))
 
-	var bodies []string
+	bodies := make([]string, 0, 7)
 	for _, c := range []struct{ method, path string }{
 		{"GET", "/gateway/throttle"},
 		{"GET", "/gateway/throttle/secretzone?ip=127.0.0.1"},

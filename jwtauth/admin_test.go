@@ -63,7 +63,7 @@ func TestAdminRemoteSetAndRefresh(t *testing.T) {
 // Local sets: the secret and the jwks_file's keys (an HMAC one included)
 // are described, never their material.
 func TestAdminLocalSets(t *testing.T) {
-	h := &Handler{
+	h := &Handler{ //nolint:gosec // a test secret, searched for in the answers
 		Secret:    "admin-unit-secret-0123456789abcdef-xyz",
 		JWKSFiles: []string{"../testdata/keys/jwks.json"},
 		Realm:     "unit",

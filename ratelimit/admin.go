@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -155,8 +156,7 @@ func (v *zoneView) AdminReset(ctx context.Context, q registry.ThrottleQuery) (re
 	}
 	done := make(map[string]bool, 1)
 	var firstErr error
-	for i := len(hs) - 1; i >= 0; i-- {
-		h := hs[i]
+	for _, h := range slices.Backward(hs) {
 		k, err := h.adminKey(q)
 		if err != nil {
 			return registry.ThrottleClient{}, err
@@ -223,7 +223,7 @@ func (h *Handler) adminState(ctx context.Context, k key) (registry.ThrottleClien
 		c.Kind, c.Client = "key", k.text
 	case kindAddr:
 		c.Kind, c.Client = "key", netip.PrefixFrom(k.addr, k.bits).String()
-	default:
+	case kindClient:
 		c.Kind, c.Client = "ip", netip.PrefixFrom(k.addr, k.bits).String()
 	}
 	limits := h.limits

@@ -33,11 +33,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
 for i = 1, #KEYS do
   local used = 0
-  local v = redis.call('GET', KEYS[i])
-  if v then
-    local x = tonumber(v)
-    if x and x > now and x < 1e16 then used = x - now end
-  end
+  local x = tonumber(redis.call('GET', KEYS[i]) or '')
+  if x and x > now and x < 1e16 then used = x - now end
   out[i] = string.format('%.0f', used)
 end
 return out
@@ -83,7 +80,7 @@ func (h *Handler) peekRedis(ctx context.Context, k key) ([]int64, error) {
 	for i := range arr {
 		s, err := arr[i].ToString()
 		if err != nil {
-			return nil, fmt.Errorf("%w: peek script: %s", registry.ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: peek script: %w", registry.ErrUnavailable, err)
 		}
 		us, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || us < 0 {
