@@ -428,8 +428,7 @@ func (h *Handler) serveError(cw *responseWriter, r *http.Request, err error, srv
 		if err2 != nil {
 			fields = append(fields, zap.String("error", err2.Error()), zap.Namespace("first_error"), zap.String("msg", err.Error()))
 		}
-		var he caddyhttp.HandlerError
-		if errors.As(err, &he) {
+		if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
 			fields = append(fields, zap.Int("status", he.StatusCode), zap.String("err_id", he.ID), zap.String("err_trace", he.Trace))
 		}
 		c.Write(fields...)
