@@ -37,7 +37,7 @@ type holdUpstream struct {
 func startHoldUpstream(t *testing.T) *holdUpstream {
 	t.Helper()
 	u := &holdUpstream{release: make(chan struct{})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +223,7 @@ func TestThrottleConcurrentRedisFleetExact(t *testing.T) {
 	if !strings.Contains(refusal.Get("RateLimit"), `"connfleet-concurrency";r=0`) || refusal.Get("Retry-After") != "1" {
 		t.Fatalf("refusal headers %v", refusal)
 	}
-	keys := strings.Fields(srv.MustCli("KEYS", "throttle:connfleet{*}:c"))
-	for _, k := range keys {
+	for k := range strings.FieldsSeq(srv.MustCli("KEYS", "throttle:connfleet{*}:c")) {
 		if n := srv.MustCli("ZCARD", k); n != "0" {
 			t.Fatalf("%s leases left in %s", n, k)
 		}
@@ -303,7 +302,7 @@ func TestThrottleConcurrentSlotsNeverLeak(t *testing.T) {
 			wg.Wait()
 			waitFor(t, 5*time.Second, "the cancelled requests to finish", func() bool { return inProgressMetric(t, zone) == 0 })
 			if engine == "redis" {
-				for _, k := range strings.Fields(srv.MustCli("KEYS", "throttle:"+zone+"{*}:c")) {
+				for k := range strings.FieldsSeq(srv.MustCli("KEYS", "throttle:"+zone+"{*}:c")) {
 					if n := srv.MustCli("ZCARD", k); n != "0" {
 						t.Fatalf("%s leases left after the clients went away", n)
 					}
@@ -366,7 +365,7 @@ func TestThrottleConcurrentCrashedInstance(t *testing.T) {
 	}
 	t.Logf("slots back %s after the kill", time.Since(killed).Round(time.Millisecond))
 	waitFor(t, 5*time.Second, "an empty lease set", func() bool {
-		for _, k := range strings.Fields(srv.MustCli("KEYS", "throttle:crash{*}:c")) {
+		for k := range strings.FieldsSeq(srv.MustCli("KEYS", "throttle:crash{*}:c")) {
 			if srv.MustCli("ZCARD", k) != "0" {
 				return false
 			}
@@ -385,7 +384,7 @@ func TestThrottleConcurrentWebSocket(t *testing.T) {
 		concurrent 1
 	}
 	reverse_proxy %s`, u.addr))
-	conn, err := net.Dial("tcp", strings.TrimPrefix(siteURL(""), "http://"))
+	conn, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", strings.TrimPrefix(siteURL(""), "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,8 +53,7 @@ func serveAsync(h *Handler, ip string, next caddyhttp.Handler, hdr ...string) <-
 	go func() {
 		w, err := serveWith(h, ip, next, hdr...)
 		if err != nil {
-			var he caddyhttp.HandlerError
-			if errors.As(err, &he) {
+			if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
 				w.Code = he.StatusCode
 			}
 		}
@@ -84,8 +83,7 @@ func serveCtx(ctx context.Context, h *Handler, ip string, next caddyhttp.Handler
 }
 
 func code(w *httptest.ResponseRecorder, err error) int {
-	var he caddyhttp.HandlerError
-	if errors.As(err, &he) {
+	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
 		return he.StatusCode
 	}
 	if err != nil {
@@ -344,7 +342,7 @@ func TestCostHeaderSettles(t *testing.T) {
 			return nil
 		})
 	}
-	k := h.key(httptest.NewRequest(http.MethodGet, "/", nil), mustAddr("192.0.2.1"))
+	k := h.key(httptest.NewRequestWithContext(context.Background(), http.MethodGet, "/", nil), mustAddr("192.0.2.1"))
 	remaining := func() [2]int64 {
 		out := make([]verdict, 2)
 		d, _ := h.mem.acquire(context.Background(), k, ask{units: 1}, h.limits, out)

@@ -236,14 +236,6 @@ func redisTag(k key) string {
 	return string(b)
 }
 
-// keyTag returns the hash tag of a key name built by keys (the text
-// between its first '{' and the next '}').
-func keyTag(name string) string {
-	_, rest, _ := strings.Cut(name, "{")
-	tag, _, _ := strings.Cut(rest, "}")
-	return tag
-}
-
 // keys returns the Redis keys of client id (its redisTag), one per rate.
 //
 // With concurrent, one more key follows: the client's set of leases,
@@ -469,7 +461,7 @@ func (c *refusalCache) store(id string, limits []redisLimit, out []verdict) {
 			r.used[i] = out[i].reset + l.tolerance - l.interval
 		}
 		r.used[i] = min(r.used[i], l.capUS*1000)
-		wait = max(wait, out[i].wait)
+		wait = max(wait, out[i].wait) //nolint:gosec // G602: out has one element per limit
 		bound = max(bound, l.capUS*1000)
 	}
 	wait = min(wait, bound)

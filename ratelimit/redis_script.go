@@ -73,7 +73,7 @@ for i = 1, n do
       -- back): keep the bound, so that the client waits no longer.
       tat = now + cap
       redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil(cap / 1000))
-    end
+    end -- clamped
   end
   if tat + units * iv - now > tol then ok = false end
   tats[i] = tat
@@ -134,9 +134,9 @@ if delta ~= 0 then
       redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
     else
       redis.call('DEL', KEYS[i])
-    end
-  end
-end
+    end -- written
+  end -- rates
+end -- delta
 return 1
 `
 
@@ -152,8 +152,8 @@ for i = 2, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], 'XX', exp, ARGV[i])
     kept = kept + 1
-  end
-end
+  end -- alive
+end -- leases
 if kept > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return kept
 `

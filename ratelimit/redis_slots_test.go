@@ -10,9 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/caddygateway/caddy-gateway/internal/redistest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -35,7 +34,9 @@ func slotZone(t testing.TB, urls []string, cfg Redis, slots, units int64, debt b
 	return z
 }
 
-func noFailures() prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}) }
+func noFailures() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: "test_settle_failures_total", Help: "test"})
+}
 
 // TestRedisSlotsExact: 60 concurrent requests of one client with 6 slots:
 // exactly 6 pass; once they finish, the lease set is empty.
@@ -352,8 +353,10 @@ func TestRedisDownConcurrencyPolicies(t *testing.T) {
 	srv := redistest.Start(t)
 	for _, policy := range []string{OnErrorLocal, OnErrorAllow, OnErrorDeny} {
 		t.Run(policy, func(t *testing.T) {
-			h := &Handler{Zone: "down-" + policy, Concurrent: 2, Rate: []Rate{rate(1, time.Hour, 10)}, CostHeader: "X-Used",
-				Redis: &Redis{URLs: []string{srv.URL()}, OnError: policy, Timeout: caddy.Duration(200 * time.Millisecond)}}
+			h := &Handler{
+				Zone: "down-" + policy, Concurrent: 2, Rate: []Rate{rate(1, time.Hour, 10)}, CostHeader: "X-Used",
+				Redis: &Redis{URLs: []string{srv.URL()}, OnError: policy, Timeout: caddy.Duration(200 * time.Millisecond)},
+			}
 			provision(t, h)
 			srv.Kill()
 			t.Cleanup(srv.Restart)

@@ -199,9 +199,10 @@ type decision struct {
 // from every limit, in one step under the shard's lock: a request refused by
 // either takes nothing from the other.
 func (s *memStore) acquire(_ context.Context, k key, q ask, limits []limit, out []verdict) (decision, error) {
-	if len(limits) != s.rates {
+	if len(limits) != s.rates || len(out) < len(limits) {
 		return decision{}, errRatesMismatch
 	}
+	out = out[:len(limits):len(limits)]
 	h := s.hash(k)
 	sh := &s.shards[h>>s.shift]
 	t := &sh.t
@@ -238,7 +239,7 @@ func (s *memStore) acquire(_ context.Context, k key, q ask, limits []limit, out 
 		if found {
 			tat = max(tats[i], now)
 		}
-		out[i].reset = tat // the TAT before this request, for now
+		out[i].reset = tat //nolint:gosec // G602: out has one element per limit (resliced above); the TAT before this request, for now
 		if tat+q.units*l.interval-now > l.tolerance {
 			rateOK = false
 		}
@@ -249,7 +250,7 @@ func (s *memStore) acquire(_ context.Context, k key, q ask, limits []limit, out 
 	if d.allowed && len(limits) > 0 {
 		if found {
 			for i, l := range limits {
-				tats[i] = out[i].reset + q.units*l.interval
+				tats[i] = out[i].reset + q.units*l.interval //nolint:gosec // G602: out has one element per limit
 			}
 		} else {
 			// A new key always gets room: the key closest to idle goes.
@@ -259,7 +260,7 @@ func (s *memStore) acquire(_ context.Context, k key, q ask, limits []limit, out 
 			var buf [4]int64
 			fresh := buf[:0]
 			for i, l := range limits {
-				fresh = append(fresh, out[i].reset+q.units*l.interval)
+				fresh = append(fresh, out[i].reset+q.units*l.interval) //nolint:gosec // G602: out has one element per limit
 			}
 			t.insert(h, fresh)
 		}
@@ -278,12 +279,12 @@ func (s *memStore) acquire(_ context.Context, k key, q ask, limits []limit, out 
 	sh.mu.Unlock()
 
 	for i, l := range limits {
-		tat := out[i].reset
+		tat := out[i].reset //nolint:gosec // G602: out has one element per limit
 		if d.allowed {
 			tat += q.units * l.interval
-			out[i] = judge(tat-now, l)
+			out[i] = judge(tat-now, l) //nolint:gosec // G602: out has one element per limit
 		} else {
-			out[i] = judgeRefused(tat-now, q.units, l)
+			out[i] = judgeRefused(tat-now, q.units, l) //nolint:gosec // G602: out has one element per limit
 		}
 	}
 	return d, nil
