@@ -13,14 +13,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/identity"
+	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/caddygateway/caddy-gateway/internal/identity"
-	"github.com/caddygateway/caddy-gateway/internal/registry"
 )
 
 func init() {
@@ -222,7 +221,7 @@ func (h *Handler) Cleanup() error {
 // keySources compiles the from_* lines; without any, the key is read from
 // X-API-Key only.
 func (h *Handler) keySources() []identity.Source {
-	var sources []identity.Source
+	sources := make([]identity.Source, 0, len(h.FromHeader)+len(h.FromQuery))
 	for _, s := range h.FromHeader {
 		sources = append(sources, identity.Source{Kind: identity.FromHeader, Name: http.CanonicalHeaderKey(s.Name), Prefix: s.Prefix})
 	}

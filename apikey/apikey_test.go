@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -22,8 +23,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/caddygateway/caddy-gateway/internal/registry"
 )
 
 const (
@@ -88,7 +87,7 @@ func serve(t testing.TB, h *Handler, r *http.Request) (int, *http.Request, *cadd
 }
 
 func request(target string, hdr http.Header) *http.Request {
-	r := httptest.NewRequest(http.MethodGet, target, nil)
+	r := httptest.NewRequestWithContext(context.Background(), http.MethodGet, target, nil)
 	if hdr != nil {
 		r.Header = hdr
 	}
@@ -97,8 +96,10 @@ func request(target string, hdr http.Header) *http.Request {
 
 func TestServeValidKey(t *testing.T) {
 	h := provisioned(t, &Handler{
-		Keys: []Key{{ID: "ci-1", SHA256: strings.ToUpper(hexDigest(demoKey)), Identity: "ci-bot",
-			Claims: map[string]jsonRaw{"plan": jsonRaw(`"gold"`), "n": jsonRaw(`9007199254740993`), "roles": jsonRaw(`["a","b"]`), "org": jsonRaw(`{"z":1,"a":"<&>"}`)}}},
+		Keys: []Key{{
+			ID: "ci-1", SHA256: strings.ToUpper(hexDigest(demoKey)), Identity: "ci-bot",
+			Claims: map[string]jsonRaw{"plan": jsonRaw(`"gold"`), "n": jsonRaw(`9007199254740993`), "roles": jsonRaw(`["a","b"]`), "org": jsonRaw(`{"z":1,"a":"<&>"}`)},
+		}},
 		Headers: map[string]string{"x-consumer-id": "id", "X-Key-Id": "key_id", "X-Plan": "plan"},
 	})
 	status, seen, repl, _ := serve(t, h, request("/", http.Header{
@@ -115,7 +116,7 @@ func TestServeValidKey(t *testing.T) {
 			t.Errorf("%s = %q, want %q", name, got, want)
 		}
 	}
-	if _, ok := seen.Header["X_consumer_ID"]; ok {
+	if _, ok := seen.Header["X_consumer_ID"]; ok { //nolint:staticcheck // SA1008: the spoofed, non-canonical name is the point
 		t.Error("underscore spoof kept")
 	}
 	for ph, want := range map[string]string{

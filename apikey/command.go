@@ -12,12 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/identity"
 	"github.com/spf13/cobra"
 
-	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
-	"github.com/caddygateway/caddy-gateway/internal/identity"
+	"github.com/caddyserver/caddy/v2"
 )
 
 func init() {

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-
 	"github.com/caddygateway/caddy-gateway/internal/identity"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 // FuzzParseStore parses any bytes as a key store: an error or entries,

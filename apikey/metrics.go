@@ -1,11 +1,10 @@
 package apikey
 
 import (
+	"github.com/caddygateway/caddy-gateway/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/caddygateway/caddy-gateway/internal/metrics"
 )
 
 // requestsTotal counts the requests api_key sees, by result only: built

@@ -14,6 +14,9 @@ import (
 )
 
 // API keys used by the api_key tests; the stores hold only their digests.
+// Test keys, not credentials of anything.
+//
+//nolint:gosec // G101: test keys
 const (
 	ciKey      = "cgw_ci-key-0123456789abcdef0123456789abcdef"
 	ciKeyNew   = "cgw_ci-key-rotated-0123456789abcdef012345"
@@ -262,7 +265,7 @@ func TestAPIKeyThrottlePerIdentity(t *testing.T) {
 		respond "ok"
 	}`)
 	statuses := func(key string, n int) []int {
-		var out []int
+		out := make([]int, 0, n)
 		for range n {
 			resp, _ := do(t, tc, get(t, "/", "X-API-Key", key))
 			out = append(out, resp.StatusCode)

@@ -131,7 +131,7 @@ func TestIdentityTrailersNeverReachUpstream(t *testing.T) {
 
 	// HTTP/2 (h2c): trailers announced in the Trailer header.
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		Protocols: func() *http.Protocols { p := new(http.Protocols); p.SetUnencryptedHTTP2(true); return p }(),
+		Protocols:       func() *http.Protocols { p := new(http.Protocols); p.SetUnencryptedHTTP2(true); return p }(),
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12},
 	}}
 	for _, c := range []struct {
