@@ -27,11 +27,11 @@ func TestThrottleRedisFrozenMaster(t *testing.T) {
 	// frozen master failed, after cluster-node-timeout).
 	cl := redistest.StartCluster(t, "--cluster-require-full-coverage", "no")
 	const timeout = 100 * time.Millisecond
-	gateway(t, "", fmt.Sprintf(`
+	tc := gateway(t, "", fmt.Sprintf(`
 	throttle {
 		zone frozen
 		key {header.X-Client}
-		rate 1/1h burst 1000000
+		rate 1/1s burst 1000000
 		redis %s {
 			timeout 100ms
 			on_error allow
@@ -41,8 +41,8 @@ func TestThrottleRedisFrozenMaster(t *testing.T) {
 	client := newHTTPClient(t)
 	const clients = 60
 	for i := range clients {
-		if r := sendTo(t, client, siteURL("/"), "X-Client", "c"+strconv.Itoa(i)); r.status != http.StatusOK || r.header.Get("RateLimit") == "" {
-			t.Fatalf("client %d before the freeze: status %d, RateLimit %q", i, r.status, r.header.Get("RateLimit"))
+		if resp, _ := do(t, tc, get(t, "/", "X-Client", "c"+strconv.Itoa(i))); resp.StatusCode != http.StatusOK || resp.Header.Get("RateLimit") == "" {
+			t.Fatalf("client %d before the freeze: status %d, RateLimit %q", i, resp.StatusCode, resp.Header.Get("RateLimit"))
 		}
 	}
 	// Which master serves each client: its key is `throttle:frozen{t:c<i>}:…`.
@@ -51,7 +51,7 @@ func TestThrottleRedisFrozenMaster(t *testing.T) {
 		owner[i] = -1
 	}
 	for n, node := range cl.Nodes {
-		for _, k := range strings.Fields(node.MustCli("--scan", "--pattern", "throttle:frozen{*")) {
+		for k := range strings.FieldsSeq(node.MustCli("--scan", "--pattern", "throttle:frozen{*")) {
 			tag, _, _ := strings.Cut(strings.TrimPrefix(k, "throttle:frozen{t:c"), "}")
 			if i, err := strconv.Atoi(tag); err == nil && i < clients {
 				owner[i] = n
@@ -137,6 +137,10 @@ func TestThrottleRedisFrozenMaster(t *testing.T) {
 			worst = max(worst, d)
 			if d > timeout+50*time.Millisecond {
 				slow++
+				if slow <= 5 {
+					t.Logf("slow: %v, started %v after the freeze, client on master %d (frozen %d), decided %v",
+						d, h.start.Sub(freezeAt), owner[h.client], frozen, h.decided)
+				}
 			}
 		}
 		if owner[h.client] != frozen && h.start.After(freezeAt) && h.end.Before(resumeAt) {

@@ -139,8 +139,8 @@ func newRedisClient(opt rueidis.ClientOption, urls []string, timeout time.Durati
 	return c
 }
 
-// get returns the circuit of the master serving the keys of hash tag tag
-// (see redisTag), and the client to call, which is nil while that circuit
+// get returns the circuit of the master serving the keys whose hash tag is
+// tag (see redisTag), and the client to call, which is nil while that circuit
 // is open (then the caller applies its on_error policy without waiting).
 func (c *redisClient) get(tag string) (*redisCircuit, rueidis.Client) {
 	b := c.box.Load()
@@ -481,7 +481,7 @@ func parseSlotMap(reply []rueidis.RedisMessage, from string, known map[string]*r
 		if cc.tag != "" {
 			continue
 		}
-		for n := 0; n < 1<<20; n++ {
+		for n := range 1 << 20 {
 			tag := "probe" + strconv.Itoa(n)
 			if m.owner[clusterSlot(tag)] == uint16(i+1) {
 				cc.tag = tag
@@ -739,16 +739,17 @@ func newCallDeadlines(timeout time.Duration) *callDeadlines {
 // context returns the context of a call starting now.
 func (d *callDeadlines) context() context.Context {
 	// The first slice ending at or after now + timeout.
-	slice := (time.Since(d.base) + d.timeout + d.step - 1) / d.step
-	if c := d.cur.Load(); c != nil && c.slice >= int64(slice) && c.slice <= int64(slice)+1 {
+	slice := int64((time.Since(d.base) + d.timeout + d.step - 1) / d.step)
+	if c := d.cur.Load(); c != nil && c.slice >= slice && c.slice <= slice+1 {
 		return c
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if c := d.cur.Load(); c != nil && c.slice >= int64(slice) && c.slice <= int64(slice)+1 {
+	if c := d.cur.Load(); c != nil && c.slice >= slice && c.slice <= slice+1 {
 		return c
 	}
-	c := &deadlineCtx{slice: int64(slice), deadline: d.base.Add(slice * d.step), done: make(chan struct{})}
+	end := d.base.Add(time.Duration(slice * int64(d.step)))
+	c := &deadlineCtx{slice: slice, deadline: end, done: make(chan struct{})}
 	time.AfterFunc(time.Until(c.deadline), func() { close(c.done) })
 	d.cur.Store(c)
 	return c

@@ -35,7 +35,7 @@ func countLogs(logs *observer.ObservedLogs, level zapcore.Level, msg string) int
 func nodeOfKeys(cl *redistest.Cluster, prefix string, keys []string) []int {
 	where := map[string]int{}
 	for n, node := range cl.Nodes {
-		for _, k := range strings.Fields(node.MustCli("--scan", "--pattern", prefix+"*")) {
+		for k := range strings.FieldsSeq(node.MustCli("--scan", "--pattern", prefix+"*")) {
 			where[k] = n
 		}
 	}

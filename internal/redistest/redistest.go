@@ -368,8 +368,11 @@ func StartCluster(t testing.TB, extra ...string) *Cluster {
 	need(t)
 	c := &Cluster{}
 	for range 3 {
-		c.Nodes = append(c.Nodes, Start(t, append([]string{"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}, extra...)...))
+		args := append([]string{
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+		}, extra...)
+		c.Nodes = append(c.Nodes, Start(t, args...))
 	}
 	args := make([]string, 0, len(c.Nodes)+5)
 	args = append(args, "--cluster", "create")
@@ -489,7 +492,7 @@ func (s *Server) Slots(keys []string) []int {
 
 // Keys returns the keys matching pattern on every node.
 func (c *Cluster) Keys(pattern string) []string {
-	var out []string
+	out := make([]string, 0, 64)
 	for _, s := range c.Nodes {
 		out = append(out, strings.Fields(s.MustCli("--scan", "--pattern", pattern))...)
 	}
