@@ -57,8 +57,9 @@ func nodeOfKeys(cl *redistest.Cluster, prefix string, keys []string) []int {
 func TestRedisFrozenMasterOwnCircuit(t *testing.T) {
 	// The healthy masters serve their slots while one is down (with full
 	// coverage required, the Cluster refuses every key once it marks the
-	// frozen master failed, after cluster-node-timeout).
-	cl := redistest.StartCluster(t, "--cluster-require-full-coverage", "no")
+	// frozen master failed, after cluster-node-timeout; that moment itself
+	// is kept out of the 2.5 s freeze).
+	cl := redistest.StartCluster(t, "--cluster-require-full-coverage", "no", "--cluster-node-timeout", "10000")
 	const timeout = 100 * time.Millisecond
 	z, logs := testRedisZone(t, cl.URLs(), Redis{Timeout: caddy.Duration(timeout)},
 		rate(1, time.Hour, 1_000_000_000))
@@ -153,7 +154,9 @@ func TestRedisFrozenMasterOwnCircuit(t *testing.T) {
 	var worst time.Duration
 	for _, c := range checks {
 		d := c.end.Sub(c.start)
-		if c.end.After(firstFail) {
+		// The bound holds while the master is frozen; after it resumes,
+		// its backlog is answered late.
+		if c.end.After(firstFail) && c.end.Before(frozenEnd) {
 			worst = max(worst, d)
 			if d > timeout+50*time.Millisecond {
 				slow++
