@@ -422,9 +422,10 @@ func (c *refusalCache) lookup(id string, limits []redisLimit, units int64, out [
 		ok = false
 	}
 	sh.mu.Unlock()
-	if !ok || len(r.used) != len(limits) {
+	if !ok || len(r.used) != len(limits) || len(out) < len(limits) {
 		return false
 	}
+	out = out[:len(limits)]
 	elapsed := now - r.at
 	refused := false
 	for i, l := range limits {
@@ -435,8 +436,8 @@ func (c *refusalCache) lookup(id string, limits []redisLimit, units int64, out [
 	if !refused {
 		return false // a cheaper request than the one refused may pass
 	}
-	for i, l := range limits {
-		out[i] = judgeRefused(max(r.used[i]-elapsed, 0), units, l.limit)
+	for i := range out {
+		out[i] = judgeRefused(max(r.used[i]-elapsed, 0), units, limits[i].limit)
 	}
 	return true
 }
