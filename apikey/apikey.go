@@ -17,6 +17,7 @@ import (
 	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -241,7 +242,7 @@ func (h *Handler) Validate() error {
 		return errors.New("no keys: set keys_file or at least one key")
 	}
 	for _, s := range h.FromHeader {
-		if !identity.ValidHeaderName(s.Name) {
+		if !httpguts.ValidHeaderFieldName(s.Name) {
 			return fmt.Errorf("from_header: invalid header name %q", s.Name)
 		}
 		if identity.HasControl(s.Prefix) || strings.ContainsAny(s.Prefix, " ,") {

@@ -15,6 +15,7 @@ import (
 	"github.com/caddygateway/caddy-gateway/internal/registry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -392,7 +393,7 @@ func (h *Handler) Validate() error {
 		return errors.New("max_lifetime: must not be negative")
 	}
 	for _, s := range h.FromHeader {
-		if !identity.ValidHeaderName(s.Name) {
+		if !httpguts.ValidHeaderFieldName(s.Name) {
 			return fmt.Errorf("from_header: invalid header name %q", s.Name)
 		}
 	}

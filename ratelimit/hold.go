@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/caddygateway/caddy-gateway/internal/registry"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -58,25 +59,10 @@ func (h *Handler) checkCost() error {
 	if h.Cost != "" && !h.costExpr && (h.units < 1 || h.units > h.maxUnits) {
 		return fmt.Errorf("cost %q: want a whole number from 1 to the smallest burst (%d), or a placeholder", h.Cost, h.maxUnits)
 	}
-	if h.CostHeader != "" && !validHeaderName(h.CostHeader) {
+	if h.CostHeader != "" && !httpguts.ValidHeaderFieldName(h.CostHeader) {
 		return fmt.Errorf("cost_header %q is not a valid header name", h.CostHeader)
 	}
 	return nil
-}
-
-// validHeaderName reports whether s is an HTTP field name (RFC 9110 token).
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
-			continue
-		}
-		return false
-	}
-	return true
 }
 
 // costOf resolves the cost of a request: a whole number from 1 to the

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Header is one `header` line: a request header set from a verified value.
@@ -40,7 +42,7 @@ func NewHeaders(lines map[string]string) Headers {
 func CheckHeaders(lines map[string]string, pathNoun string) error {
 	names := slices.Sorted(maps.Keys(lines))
 	for i, name := range names {
-		if !ValidHeaderName(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return fmt.Errorf("header: invalid header name %q", name)
 		}
 		if lines[name] == "" {
@@ -171,21 +173,6 @@ func SameHeaderName(a, b string) bool {
 			y += 'a' - 'A'
 		}
 		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
-// ValidHeaderName reports whether name is an HTTP field name (RFC 9110
-// §5.1 token).
-func ValidHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') && (c < '0' || c > '9') && strings.IndexByte("!#$%&'*+-.^_`|~", c) < 0 {
 			return false
 		}
 	}
