@@ -305,6 +305,13 @@ func writeSelfSigned(t testing.TB, certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	writeCertKey(t, certFile, keyFile, der, k)
+}
+
+// writeCertKey writes a certificate (DER) and its EC private key as PEM
+// files.
+func writeCertKey(t testing.TB, certFile, keyFile string, der []byte, k *ecdsa.PrivateKey) {
+	t.Helper()
 	kder, err := x509.MarshalECPrivateKey(k)
 	if err != nil {
 		t.Fatal(err)
@@ -614,14 +621,5 @@ func (ca *testCA) issue(t testing.TB, certFile, keyFile string, dns []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kder, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeCertKey(t, certFile, keyFile, der, k)
 }
