@@ -26,14 +26,32 @@ func unmarshalRedis(d *caddyfile.Dispenser) (*Redis, error) {
 	if len(rc.URLs) == 0 {
 		return nil, d.Errf("redis: at least one URL is required, e.g. redis://localhost:6379")
 	}
+	// Literal arguments are split as at load (an argument may hold several
+	// URLs separated by commas), so that what parses here also loads.
+	var literal []string
+	placeholders := false
 	for _, u := range rc.URLs {
 		if strings.Contains(u, "{") {
-			continue // a placeholder, expanded at load
+			placeholders = true // expanded at load
+			continue
 		}
+		literal = append(literal, u)
+	}
+	urls := splitRedisURLs(literal)
+	if len(urls) == 0 && !placeholders {
+		return nil, d.Errf("redis: at least one URL is required, e.g. redis://localhost:6379")
+	}
+	for _, u := range urls {
 		if err := checkRedisURL(u); err != nil {
 			return nil, d.Err(err.Error())
 		}
 		if _, err := redisOptions([]string{u}); err != nil {
+			return nil, d.Err(err.Error())
+		}
+	}
+	if !placeholders && len(urls) > 1 {
+		// Several URLs must agree (seed nodes of one Cluster).
+		if _, err := redisOptions(urls); err != nil {
 			return nil, d.Err(err.Error())
 		}
 	}

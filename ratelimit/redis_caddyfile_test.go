@@ -35,6 +35,12 @@ func TestUnmarshalRedis(t *testing.T) {
 		{"redis redis://h {\n prefix a b\n }", "wrong argument count"},
 		{"redis redis://h {\n prefix {x}\n }", "must not contain braces"},
 		{"redis redis://h {\n tls on\n }", "unrecognized subdirective"},
+		// Literal arguments are split at commas as at load: each piece
+		// is checked, and the pieces must agree.
+		{"redis redis://,", "no host"},
+		{"redis ,", "at least one URL"},
+		{"redis redis://a:1,redis://:hunter22@b:2", "must share"},
+		{"redis redis://a:1 redis://b:2/1", "must share"},
 	} {
 		var h Handler
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("throttle {\n rate 1/1s\n " + bad.in + "\n}"))
