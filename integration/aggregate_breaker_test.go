@@ -68,7 +68,7 @@ func TestAggregateBreakerOpensAndRecovers(t *testing.T) {
 	tc := gateway(t, "", `
 	aggregate {
 		backend flaky `+up.URL+`/x {
-			breaker 3 400ms
+			breaker 3 2s
 		}
 		backend other `+up.URL+`/other {
 			fallback null
@@ -108,7 +108,9 @@ func TestAggregateBreakerOpensAndRecovers(t *testing.T) {
 	}
 
 	// After the cooldown, one trial: it fails, the breaker opens again.
-	time.Sleep(500 * time.Millisecond)
+	// The cooldown is 2s, so that the calls checked as refused while it
+	// is open cannot outlast it on a slow machine.
+	time.Sleep(2100 * time.Millisecond)
 	if errs := call(); !slices.Contains(errs, "flaky:status:503") {
 		t.Fatalf("trial: %v", errs)
 	}
@@ -116,7 +118,7 @@ func TestAggregateBreakerOpensAndRecovers(t *testing.T) {
 		t.Fatalf("after a failed trial: %v", errs)
 	}
 	// Next cooldown: the trial succeeds and closes it.
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	status.Store(http.StatusOK)
 	for range 3 {
 		if errs := call(); len(errs) != 0 {
