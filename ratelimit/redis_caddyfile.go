@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -31,6 +32,10 @@ func unmarshalRedis(d *caddyfile.Dispenser) (*Redis, error) {
 	var literal []string
 	placeholders := false
 	for _, u := range rc.URLs {
+		if !utf8.ValidString(u) {
+			// JSON would carry it changed: adapt and run must agree
+			return nil, d.Errf("redis URL %q is not valid UTF-8", redactURL(u))
+		}
 		if strings.Contains(u, "{") {
 			placeholders = true // expanded at load
 			continue
@@ -87,6 +92,9 @@ func unmarshalRedis(d *caddyfile.Dispenser) (*Redis, error) {
 		case "prefix":
 			if strings.ContainsAny(val, "{}") {
 				return nil, d.Errf("redis: prefix %q must not contain braces (they would move the Cluster hash tag)", val)
+			}
+			if !utf8.ValidString(val) {
+				return nil, d.Errf("redis: prefix %q is not valid UTF-8", val)
 			}
 			rc.Prefix = val
 		default:

@@ -51,6 +51,23 @@ func TestUnmarshalRedis(t *testing.T) {
 			t.Errorf("%q: password in error %q", bad.in, err)
 		}
 	}
+	// JSON would change invalid UTF-8, so it is refused, as in key and
+	// cost. The lexer turns it into U+FFFD: tokens are built directly.
+	for _, in := range []string{
+		"redis redis://\x9b",
+		"redis redis://:hunter22@h\x9b:1",
+		"redis {env.X}\x9b",
+		"redis redis://h {\nprefix a\x9b\n}",
+	} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens("throttle {\nrate 1/1s\n" + in + "\n}")))
+		if err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+			t.Errorf("%q: error %v, want not valid UTF-8", in, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter22") {
+			t.Errorf("%q: password in error %q", in, err)
+		}
+	}
 }
 
 // FuzzRedisCaddyfile: the redis block parser never panics, and its errors
