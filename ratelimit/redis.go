@@ -305,11 +305,12 @@ func (z *redisZone) fallback() redisOutcome {
 }
 
 // call runs the script with keys and args within the timeout, and returns
-// its flag ("1" admitted, "0" refused by a rate, "2" for want of a slot)
-// and the slots left.
-func (z *redisZone) call(ctx context.Context, c rueidis.Client, keys, args []string, out []verdict) (flag string, free int64, err error) {
+// its flag (1 admitted, 0 refused by a rate, 2 for want of a slot) and the
+// slots left. The reply is integers: reading it allocates one array, not a
+// string per value.
+func (z *redisZone) call(ctx context.Context, c rueidis.Client, keys, args []string, out []verdict) (flag, free int64, err error) {
 	if err := ctx.Err(); err != nil {
-		return "", 0, err // the client went away: no call
+		return 0, 0, err // the client went away: no call
 	}
 	// The call's own deadline, not one derived from ctx: no timer and no
 	// context per call (see callDeadlines).
@@ -319,33 +320,24 @@ func (z *redisZone) call(ctx context.Context, c rueidis.Client, keys, args []str
 	z.metrics.duration.Observe(time.Since(start).Seconds())
 	arr, err := res.ToArray()
 	if err != nil {
-		return "", 0, err
+		return 0, 0, err
 	}
 	if len(arr) != len(z.limits)+2 {
-		return "", 0, fmt.Errorf("throttle script: %d replies, want %d", len(arr), len(z.limits)+2)
+		return 0, 0, fmt.Errorf("throttle script: %d replies, want %d", len(arr), len(z.limits)+2)
 	}
-	flag, err = arr[0].ToString()
-	if err != nil {
-		return "", 0, err
+	if flag, err = arr[0].AsInt64(); err != nil || flag < 0 || flag > 2 {
+		return 0, 0, fmt.Errorf("throttle script: bad flag %s", arr[0].String())
 	}
-	s, err := arr[1].ToString()
-	if err != nil {
-		return "", 0, err
-	}
-	if free, err = strconv.ParseInt(s, 10, 64); err != nil {
-		return "", 0, fmt.Errorf("throttle script: bad reply %q", s)
+	if free, err = arr[1].AsInt64(); err != nil || free < 0 {
+		return 0, 0, fmt.Errorf("throttle script: bad reply %s", arr[1].String())
 	}
 	units, _ := strconv.ParseInt(args[0], 10, 64)
 	for i, l := range z.limits {
-		s, err := arr[i+2].ToString()
-		if err != nil {
-			return "", 0, err
-		}
-		usedUS, err := strconv.ParseInt(s, 10, 64)
+		usedUS, err := arr[i+2].AsInt64()
 		if err != nil || usedUS < 0 {
-			return "", 0, fmt.Errorf("throttle script: bad reply %q", s)
+			return 0, 0, fmt.Errorf("throttle script: bad reply %s", arr[i+2].String())
 		}
-		if flag == "1" {
+		if flag == 1 {
 			out[i] = judge(usedUS*1000, l.limit)
 		} else {
 			out[i] = judgeRefused(usedUS*1000, units, l.limit)

@@ -24,9 +24,6 @@ import (
 func unmarshalRedis(d *caddyfile.Dispenser) (*Redis, error) {
 	rc := new(Redis)
 	rc.URLs = d.RemainingArgs()
-	if len(rc.URLs) == 0 {
-		return nil, d.Errf("redis: at least one URL is required, e.g. redis://localhost:6379")
-	}
 	// Literal arguments are split as at load (an argument may hold several
 	// URLs separated by commas), so that what parses here also loads.
 	var literal []string

@@ -25,11 +25,13 @@ import (
 // request, and then sets each key to expire when its
 // bucket is full again (the lease set when its last lease expires), so idle
 // clients cost no memory. Expired leases (of a crashed instance) are
-// dropped before counting. It replies with strings: "1" (admitted), "0"
-// (refused by a rate) or "2" (refused for want of a slot), the slots left,
+// dropped before counting. It replies with integers: 1 (admitted), 0
+// (refused by a rate) or 2 (refused for want of a slot), the slots left,
 // then for each rate how far the TAT runs ahead of now after the decision,
-// in microseconds: Redis would truncate Lua numbers it converts to
-// integers, and %.0f prints an integral double exactly.
+// in microseconds. Every one is integral (intervals are whole
+// microseconds, TATs are stored with %.0f), so Redis's conversion of Lua
+// numbers to integers, which truncates, loses nothing; and integer replies
+// cost the caller no allocation each, as strings would.
 //
 // Microseconds since 1970 stay below 2^53, and checkRate bounds the
 // tolerance, so every number is exact in Lua's doubles. A value that is not
@@ -78,20 +80,20 @@ for i = 1, n do
   if tat + units * iv - now > tol then ok = false end
   tats[i] = tat
 end
-local flag = '1'
-if not ok then flag = '0' elseif not slotOK then flag = '2' end
-if flag == '1' and slots > 0 then free = free - 1 end
+local flag = 1
+if not ok then flag = 0 elseif not slotOK then flag = 2 end
+if flag == 1 and slots > 0 then free = free - 1 end
 if free < 0 then free = 0 end
-local out = {flag, string.format('%d', free)}
+local out = {flag, free}
 for i = 1, n do
   local tat = tats[i]
-  if flag == '1' then
+  if flag == 1 then
     tat = tat + units * tonumber(ARGV[3*i+2])
     redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
   end
-  out[i+2] = string.format('%.0f', tat - now)
+  out[i+2] = math.floor(tat - now + 0.5)
 end
-if flag == '1' and slots > 0 then
+if flag == 1 and slots > 0 then
   redis.call('ZADD', KEYS[n+1], math.floor(now / 1000) + tonumber(ARGV[3]), ARGV[4])
   redis.call('PEXPIRE', KEYS[n+1], ARGV[3])
 end

@@ -93,8 +93,8 @@ func (z *redisZone) acquire(ctx context.Context, id string, q ask, out []verdict
 		}
 		return z.fallback(), decision{}
 	}
-	d := decision{allowed: flag == "1", conc: flag == "2", free: free}
-	if flag == "0" {
+	d := decision{allowed: flag == 1, conc: flag == 2, free: free}
+	if flag == 0 {
 		z.refused.store(id, z.limits, out)
 	}
 	if d.allowed && q.slots > 0 {

@@ -41,9 +41,17 @@ finish() {
   echo "== $name (exit $(cat "$tmp/$name.rc"))"
   cat "$tmp/$name.log"
   if [ "$(cat "$tmp/$name.rc")" != 0 ]; then
+    summary "$tmp/$name.log"
     echo "FAILED: $name"
     exit 1
   fi
+}
+# summary LOG: repeats what names a failure (failed tests, their file:line
+# messages, panics, data races) at the end, where a truncated log still
+# shows it: the servers' own log lines otherwise bury it.
+summary() {
+  echo "== what failed (from $(basename "$1"))"
+  grep -E -e '^\s*--- FAIL' -e '^(FAIL|panic:|WARNING: DATA RACE)' -e '^\s+[A-Za-z0-9_]+_test\.go:[0-9]+:' "$1" | head -60 || true
 }
 
 echo "== gofmt"
@@ -68,7 +76,11 @@ echo "== go test -race"
 # test binary, run beside the other packages.
 step integration go test -race -count=1 -timeout 30m ./integration/
 others=$(go list ./... | grep -v '/integration$')
-go test -race -count=1 -timeout 20m $others
+if ! go test -race -count=1 -timeout 20m $others 2>&1 | tee "$tmp/packages.log"; then
+  summary "$tmp/packages.log"
+  echo "FAILED: packages"
+  exit 1
+fi
 finish lint
 finish integration
 

@@ -23,7 +23,8 @@
 // -sample_index=alloc_objects -diff_base`, and the program lists, per
 // scenario, the functions whose allocations per request differ from its
 // baseline's; -memprofilerate 1 makes those counts exact (and every figure
-// of the table slower).
+// of the table slower). Then each scenario runs under load for 5 s of CPU
+// profile (/debug/pprof/profile), saved as DIR/<scenario>.cpu.pb.gz.
 package main
 
 import (
@@ -252,9 +253,12 @@ func measureRound(ctx context.Context, client *http.Client, adm *admin, e *env, 
 	return nil
 }
 
+// cpuProfileTime is how long each scenario's CPU profile runs.
+const cpuProfileTime = 5 * time.Second
+
 // profile saves allocation profiles before and after n more requests per
-// scenario, and prints where each scenario allocates more than its
-// baseline.
+// scenario, and CPU profiles under load, and prints where each scenario
+// allocates more than its baseline.
 func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenario, o options) error {
 	if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
 		return err
@@ -275,6 +279,31 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 			return err
 		}
 		fmt.Printf("  go tool pprof -sample_index=alloc_objects -top -diff_base %[1]s/%[2]s.before.pb.gz %[1]s/%[2]s.after.pb.gz\n", o.pprofDir, sc.name)
+	}
+	// CPU: a profile of cpuProfileTime per scenario, under load all along.
+	fmt.Printf("\nCPU profiles in %s (%s of load per scenario):\n", o.pprofDir, cpuProfileTime)
+	for _, sc := range scs {
+		if sc.skip != "" {
+			continue
+		}
+		done := make(chan error, 1)
+		go func() { done <- adm.saveCPU(ctx, cpuProfileTime, o.pprofDir, sc.name+".cpu") }()
+		var perr error
+	loop:
+		for {
+			select {
+			case perr = <-done:
+				break loop
+			default:
+			}
+			if _, err := load(ctx, client, sc, min(o.n, 2000), o.conc); err != nil {
+				return fmt.Errorf("scenario %s, CPU profile: %w", sc.name, err)
+			}
+		}
+		if perr != nil {
+			return perr
+		}
+		fmt.Printf("  go tool pprof -top %s/%s.cpu.pb.gz\n", o.pprofDir, sc.name)
 	}
 
 	// Per scenario, where its allocations per request differ from its

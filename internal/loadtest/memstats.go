@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"time"
 )
 
 // memStats is the part of runtime.MemStats the report uses, as the caddy
@@ -76,7 +78,19 @@ func (a *admin) readingOverhead(ctx context.Context) (memStats, error) {
 // It is taken as /debug/pprof/heap?gc=1: the profile stands as of the
 // last GC, and only the heap endpoint runs one first.
 func (a *admin) saveAllocs(ctx context.Context, dir, name string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/heap?gc=1", nil)
+	return a.saveProfile(ctx, "/debug/pprof/heap?gc=1", dir, name)
+}
+
+// saveCPU writes the caddy process's CPU profile over the next d to
+// dir/name.pb.gz.
+func (a *admin) saveCPU(ctx context.Context, d time.Duration, dir, name string) error {
+	return a.saveProfile(ctx, "/debug/pprof/profile?seconds="+strconv.Itoa(int(d/time.Second)), dir, name)
+}
+
+// saveProfile writes the profile at path (of the admin endpoint) to
+// dir/name.pb.gz.
+func (a *admin) saveProfile(ctx context.Context, path, dir, name string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+path, nil)
 	if err != nil {
 		return err
 	}
@@ -86,7 +100,7 @@ func (a *admin) saveAllocs(ctx context.Context, dir, name string) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s/debug/pprof/heap: %s", a.base, resp.Status)
+		return fmt.Errorf("%s%s: %s", a.base, path, resp.Status)
 	}
 	f, err := os.Create(filepath.Join(dir, name+".pb.gz"))
 	if err != nil {
