@@ -99,6 +99,16 @@ func scenarios(e *env) []*scenario {
 			site: site(jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 3},
 		},
 		{
+			// The floor of jwt_auth's two headers: the same names and
+			// values, set by reverse_proxy itself, with no handler of ours.
+			name: "header_up", about: "reverse_proxy adding jwt_auth's 2 identity headers itself (header_up): Caddy's own cost of 2 headers",
+			site: site(proxy + " {\n\theader_up X-User-Id load-user\n\theader_up X-User-Role admin\n}"), header: bearer, against: "baseline",
+		},
+		{
+			name: "request_header", about: "Caddy's request_header setting jwt_auth's 2 identity headers (2 handlers) + reverse_proxy",
+			site: site("request_header X-User-Id load-user", "request_header X-User-Role admin", proxy), header: bearer, against: "baseline",
+		},
+		{
 			name: "stack", about: "throttle + jwt_auth RS256 + reverse_proxy",
 			site: site(throttle, jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 4, bytes: 400},
 		},
