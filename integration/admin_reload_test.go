@@ -118,7 +118,7 @@ func TestAdminReloadsUnderLoad(t *testing.T) {
 			for ctx.Err() == nil {
 				for _, path := range []string{"/gateway/throttle", "/gateway/jwt", "/gateway/aggregate", "/gateway/api_key", "/gateway/throttle/throttle?ip=127.0.0.1"} {
 					low := done.Load()
-					status, body, err := adminTry(ctx, "GET", admin, path)
+					status, body, err := adminTry(ctx, "GET", admin, path, "", "")
 					high := loading.Load()
 					if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) {
 						continue // the admin server is replaced on every load

@@ -1,14 +1,12 @@
 package integration
 
 import (
-	"context"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -29,40 +27,11 @@ import (
 // server being replaced (every config load replaces it) is retried.
 func adminCall(t *testing.T, method, path string) (int, string) {
 	t.Helper()
-	status, body, err := adminTry(t.Context(), method, fmt.Sprintf("localhost:%d", adminPort), path)
+	status, body, err := adminTry(t.Context(), method, fmt.Sprintf("localhost:%d", adminPort), path, "", "")
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	return status, body
-}
-
-// adminTry is adminCall for any admin address, returning transport
-// errors after three attempts.
-func adminTry(ctx context.Context, method, admin, path string) (int, string, error) {
-	var err error
-	for try := range 3 {
-		if try > 0 {
-			time.Sleep(50 * time.Millisecond)
-		}
-		var req *http.Request
-		req, err = http.NewRequestWithContext(ctx, method, "http://"+admin+path, nil)
-		if err != nil {
-			return 0, "", err
-		}
-		var resp *http.Response
-		resp, err = adminClient.Do(req)
-		if err != nil {
-			continue
-		}
-		body, rerr := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if rerr != nil {
-			err = rerr
-			continue
-		}
-		return resp.StatusCode, string(body), nil
-	}
-	return 0, "", err
 }
 
 // adminJSON calls the admin endpoint, wants status want, and decodes the

@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -666,29 +663,7 @@ func TestAggregateConnectionsReused(t *testing.T) {
 // aggLoad posts a config to the admin API and returns the status and body.
 func aggLoad(t *testing.T, contentType, config string) (int, string) {
 	t.Helper()
-	var resp *http.Response
-	for attempt := 0; ; attempt++ {
-		req, err := http.NewRequestWithContext(context.Background(), http.MethodPost,
-			fmt.Sprintf("http://localhost:%d/load", adminPort), bytes.NewBufferString(config))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", contentType)
-		resp, err = http.DefaultClient.Do(req)
-		if err == nil {
-			break
-		}
-		// The admin endpoint restarts after a load; retry a refused or
-		// reset connection.
-		if attempt < 20 && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, io.EOF)) {
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return adminPost(t, "/load", contentType, config)
 }
 
 func TestAggregatePlaceholderOutsidePathAndQueryIsConfigError(t *testing.T) {

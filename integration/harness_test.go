@@ -170,18 +170,49 @@ func adminPost(t *testing.T, path, contentType, body string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://localhost:%d%s", adminPort, path), strings.NewReader(body))
+	status, data, err := adminTry(ctx, http.MethodPost, fmt.Sprintf("localhost:%d", adminPort), path, contentType, body)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("POST %s: %v", path, err)
 	}
-	req.Header.Set("Content-Type", contentType)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	return status, data
+}
+
+// adminTry sends method path (with body, of contentType, unless body is
+// empty) to the admin endpoint at admin, returning transport errors after
+// ten attempts 50 ms apart. It opens a connection per attempt (adminClient): Caddy
+// replaces its admin server on every load, failed ones included, and
+// closes the connections the old one kept alive, so a request sent on one
+// of those meets EOF (a POST is not retried by net/http).
+func adminTry(ctx context.Context, method, admin, path, contentType, body string) (int, string, error) {
+	var err error
+	for try := range 10 {
+		if try > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		var req *http.Request
+		req, err = http.NewRequestWithContext(ctx, method, "http://"+admin+path, strings.NewReader(body))
+		if err != nil {
+			return 0, "", err
+		}
+		if body == "" {
+			req.Body, req.ContentLength = http.NoBody, 0
+		} else {
+			req.Header.Set("Content-Type", contentType)
+		}
+		var resp *http.Response
+		resp, err = adminClient.Do(req)
+		if err != nil {
+			continue
+		}
+		data, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr != nil {
+			err = rerr
+			continue
+		}
+		return resp.StatusCode, string(data), nil
 	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data)
+	return 0, "", err
 }
 
 // metricsText returns the in-process Caddy's admin /metrics page.

@@ -289,6 +289,7 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 		done := make(chan error, 1)
 		go func() { done <- adm.saveCPU(ctx, cpuProfileTime, o.pprofDir, sc.name+".cpu") }()
 		var perr error
+		served := 0
 	loop:
 		for {
 			select {
@@ -299,11 +300,13 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 			if _, err := load(ctx, client, sc, min(o.n, 2000), o.conc); err != nil {
 				return fmt.Errorf("scenario %s, CPU profile: %w", sc.name, err)
 			}
+			served += min(o.n, 2000)
 		}
 		if perr != nil {
 			return perr
 		}
-		fmt.Printf("  go tool pprof -top %s/%s.cpu.pb.gz\n", o.pprofDir, sc.name)
+		// Divide a profile's samples by the requests to read them per request.
+		fmt.Printf("  go tool pprof -top %s/%s.cpu.pb.gz  (about %d requests)\n", o.pprofDir, sc.name, served)
 	}
 
 	// Per scenario, where its allocations per request differ from its
