@@ -103,11 +103,12 @@ func run(ctx context.Context, o options) error {
 	}
 	if reason := redisUnsupported(ctx, o.caddyBin, dir); reason != "" {
 		e.redisSkip = reason
-	} else if redis, err := startRedis(ctx); err != nil {
+	} else if redis, err := startRedis(ctx, dir); err != nil {
 		e.redisSkip = "redis-server: " + err.Error()
 	} else {
 		defer redis.stop()
 		e.redis = redis.addr
+		e.redisSock = redis.sock
 		e.redisServer = redis
 	}
 

@@ -8,29 +8,34 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// redisServer is a redis-server started on a free loopback port.
+// redisServer is a redis-server started on a free loopback port, also
+// listening on a Unix socket.
 type redisServer struct {
 	addr string
+	sock string // path of its Unix socket
 	cmd  *exec.Cmd
 }
 
-func startRedis(ctx context.Context) (*redisServer, error) {
+func startRedis(ctx context.Context, dir string) (*redisServer, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, errors.New("not installed (scripts/deps.sh installs it)")
 	}
 	addr := freeAddr()
 	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.CommandContext(ctx, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	sock := filepath.Join(dir, "redis.sock")
+	cmd := exec.CommandContext(ctx, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--unixsocket", sock, "--unixsocketperm", "700")
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	r := &redisServer{addr: addr, cmd: cmd}
+	r := &redisServer{addr: addr, sock: sock, cmd: cmd}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if _, err := r.command("PING"); err == nil {
 			return r, nil

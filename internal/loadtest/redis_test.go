@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"testing"
 )
@@ -11,11 +12,15 @@ func TestRedisScriptCalls(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed (scripts/deps.sh installs it)")
 	}
-	r, err := startRedis(t.Context())
+	r, err := startRedis(t.Context(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.stop()
+	// throttle_redis_unix reaches the same server through its socket.
+	if fi, err := os.Stat(r.sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("no Unix socket at %s: %v", r.sock, err)
+	}
 	before, err := r.scriptCalls()
 	if err != nil {
 		t.Fatal(err)

@@ -175,15 +175,15 @@ func round(v, per float64) float64 {
 
 // printReport writes the table, one line per scenario.
 func printReport(w io.Writer, scs []*scenario) {
-	fmt.Fprintf(w, "%-15s %8s %9s %9s %9s %10s %9s | %-13s %8s %8s %8s %6s %6s %6s | %s\n",
+	fmt.Fprintf(w, "%-19s %8s %9s %9s %9s %10s %9s | %-13s %8s %8s %8s %6s %6s %6s | %s\n",
 		"scenario", "req/s", "p50", "p99", "CPU/req", "allocs/req", "B/req",
 		"over", "Δallocs", "ΔB", "ΔCPU", "req/s", "p50", "p99", "budget (allocs / B / CPU over baseline)")
 	for _, r := range rows(scs) {
 		if r.skip != "" {
-			fmt.Fprintf(w, "%-15s skipped: %s\n", r.name, r.skip)
+			fmt.Fprintf(w, "%-19s skipped: %s\n", r.name, r.skip)
 			continue
 		}
-		line := fmt.Sprintf("%-15s %8.0f %9v %9v %7.1fµs %10.2f %9.0f |", r.name, r.rps,
+		line := fmt.Sprintf("%-19s %8.0f %9v %9v %7.1fµs %10.2f %9.0f |", r.name, r.rps,
 			r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.cpu, r.allocs, r.bytes)
 		if r.against != "" {
 			line += fmt.Sprintf(" %-13s %+8.2f %+8.0f %+6.1fµs %6.3f %6.3f %6.3f | %s", r.against, r.dAllocs, r.dBytes, r.dCPU,
@@ -199,7 +199,7 @@ func printReport(w io.Writer, scs []*scenario) {
 	}
 	fmt.Fprintln(w, "\nscenarios:")
 	for _, sc := range scs {
-		fmt.Fprintf(w, "  %-15s %s\n", sc.name, sc.about)
+		fmt.Fprintf(w, "  %-19s %s\n", sc.name, sc.about)
 	}
 	fmt.Fprintln(w, "CPU/req is the caddy process's utime+stime while the scenario ran, divided by its requests (upstreams and this client run in another process).")
 	fmt.Fprintln(w, "allocs/req and B/req are the caddy process's memstats Mallocs and TotalAlloc (/debug/vars) over the scenario's requests, less what reading them allocates.")

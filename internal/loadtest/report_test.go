@@ -77,7 +77,7 @@ func TestRowsDeltasOverBaseline(t *testing.T) {
 
 	var out bytes.Buffer
 	printReport(&out, []*scenario{base, jwt, skipped})
-	for _, want := range []string{"allocs/req", "192.30", "+9.00", "+950", "≤+3 OVER", "redis           skipped: no redis-server"} {
+	for _, want := range []string{"allocs/req", "192.30", "+9.00", "+950", "≤+3 OVER", "redis               skipped: no redis-server"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
