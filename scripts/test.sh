@@ -30,7 +30,7 @@ mkdir -p "$HOME"
 step() {
   local name=$1
   shift
-  echo "== start: $name"
+  echo "== start: $name (at ${SECONDS}s)"
   ( set +e; "$@" >"$tmp/$name.log" 2>&1; echo $? >"$tmp/$name.rc" ) &
   pids+=($!)
 }
@@ -38,7 +38,7 @@ step() {
 finish() {
   local name=$1
   while [ ! -f "$tmp/$name.rc" ]; do sleep 1; done
-  echo "== $name (exit $(cat "$tmp/$name.rc"))"
+  echo "== $name (exit $(cat "$tmp/$name.rc"), at ${SECONDS}s)"
   cat "$tmp/$name.log"
   if [ "$(cat "$tmp/$name.rc")" != 0 ]; then
     summary "$tmp/$name.log"
@@ -65,13 +65,13 @@ go mod download
 step deps bash scripts/deps.sh # redis-server, redis-cli, chromium
 step lint bash scripts/lint.sh # go vet, then golangci-lint (pinned)
 
-echo "== build caddy with xcaddy"
+echo "== build caddy with xcaddy (at ${SECONDS}s)"
 bin="$tmp/caddy"
 make --no-print-directory build BIN="$bin"
 export CADDY_BIN="$bin"
 finish deps
 
-echo "== go test -race"
+echo "== go test -race (at ${SECONDS}s)"
 # The integration package runs one in-process Caddy on fixed ports: it is one
 # test binary, run beside the other packages.
 step integration go test -race -count=1 -timeout 30m ./integration/
@@ -84,5 +84,7 @@ fi
 finish lint
 finish integration
 
-echo "== fuzz targets (${FUZZTIME:-3s} each)"
+echo "== fuzz targets (${FUZZTIME:-3s} each, at ${SECONDS}s)"
 bash scripts/fuzz.sh
+
+echo "== all passed in ${SECONDS}s"
