@@ -5,9 +5,8 @@
 # then every fuzz target briefly. Installs or starts whatever the tests need.
 #
 # Independent steps overlap to keep a fresh machine's run short: installing
-# packages, linting and building caddy run side by side, and the integration
-# package (one in-process Caddy on fixed ports, so its tests stay serial)
-# runs beside the other packages. Each background step writes its own log,
+# packages, linting and building caddy run side by side, and the test
+# binaries run two at a time. Each background step writes its own log,
 # printed when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,17 +71,16 @@ export CADDY_BIN="$bin"
 finish deps
 
 echo "== go test -race (at ${SECONDS}s)"
-# The integration package runs one in-process Caddy on fixed ports: it is one
-# test binary, run beside the other packages.
-step integration go test -race -count=1 -timeout 30m ./integration/
-others=$(go list ./... | grep -v '/integration$')
-if ! go test -race -count=1 -timeout 20m $others 2>&1 | tee "$tmp/packages.log"; then
+# One go test for every package: each package is compiled once (two go test
+# processes side by side would both compile Caddy's whole tree with -race),
+# and the test binaries run two at a time, so the integration package (one
+# in-process Caddy; its tests stay serial) runs beside the others.
+if ! go test -race -count=1 -timeout 30m ./... 2>&1 | tee "$tmp/packages.log"; then
   summary "$tmp/packages.log"
-  echo "FAILED: packages"
+  echo "FAILED: go test"
   exit 1
 fi
 finish lint
-finish integration
 
 echo "== fuzz targets (${FUZZTIME:-3s} each, at ${SECONDS}s)"
 bash scripts/fuzz.sh
