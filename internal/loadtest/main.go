@@ -290,7 +290,7 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 		done := make(chan error, 1)
 		go func() { done <- adm.saveCPU(ctx, cpuProfileTime, o.pprofDir, sc.name+".cpu") }()
 		var perr error
-		served := 0
+		served, batch := 0, min(o.n, 2000)
 	loop:
 		for {
 			select {
@@ -298,10 +298,10 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 				break loop
 			default:
 			}
-			if _, err := load(ctx, client, sc, min(o.n, 2000), o.conc); err != nil {
+			if _, err := load(ctx, client, sc, batch, o.conc); err != nil {
 				return fmt.Errorf("scenario %s, CPU profile: %w", sc.name, err)
 			}
-			served += min(o.n, 2000)
+			served += batch
 		}
 		if perr != nil {
 			return perr

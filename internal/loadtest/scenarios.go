@@ -76,9 +76,11 @@ func scenarios(e *env) []*scenario {
 
 	concurrent := "throttle {\n\trate 1000000/1s burst 1000000\n\tconcurrent 100000\n}"
 	cost := "throttle {\n\trate 1000000/1s burst 1000000\n\tcost 3\n\tcost_header X-Tokens-Used\n}"
-	throttleRedis := fmt.Sprintf("throttle {\n\tzone load_redis\n\trate 1000000/1s burst 1000000\n\tredis redis://%s {\n\t\ton_error deny\n\t}\n}", e.redis)
-
-	throttleRedisUnix := fmt.Sprintf("throttle {\n\tzone load_redis_unix\n\trate 1000000/1s burst 1000000\n\tredis unix://%s {\n\t\ton_error deny\n\t}\n}", e.redisSock)
+	redisThrottle := func(zone, url string) string {
+		return fmt.Sprintf("throttle {\n\tzone %s\n\trate 1000000/1s burst 1000000\n\tredis %s {\n\t\ton_error deny\n\t}\n}", zone, url)
+	}
+	throttleRedis := redisThrottle("load_redis", "redis://"+e.redis)
+	throttleRedisUnix := redisThrottle("load_redis_unix", "unix://"+e.redisSock)
 
 	return []*scenario{
 		{
@@ -102,8 +104,9 @@ func scenarios(e *env) []*scenario {
 			site: site(jwtAuth, proxy), header: bearer, against: "baseline", budget: &budget{allocs: 3},
 		},
 		{
-			// The floor of jwt_auth's two headers: the same names and
-			// values, set by reverse_proxy itself, with no handler of ours.
+			// jwt_auth's two headers (the same names and values) added by
+			// reverse_proxy itself, with no handler of ours: what Caddy's
+			// own way of adding them costs, beside jwt_auth's.
 			name: "header_up", about: "reverse_proxy adding jwt_auth's 2 identity headers itself (header_up): Caddy's own cost of 2 headers",
 			site: site(proxy + " {\n\theader_up X-User-Id load-user\n\theader_up X-User-Role admin\n}"), header: bearer, against: "baseline",
 		},
@@ -167,9 +170,9 @@ func scenarios(e *env) []*scenario {
 			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6, cpu: 10},
 		},
 		{
-			// The same zone over a Unix socket: what the loopback TCP
-			// stack charges the caddy process (a loopback send runs the
-			// receiver's side of TCP in the sender's system time).
+			// The same limits over the redis-server's Unix socket: the
+			// transport's share of throttle_redis's CPU, loopback TCP
+			// against a socket that skips the TCP stack.
 			name: "throttle_redis_unix", about: "throttle_redis through the redis-server's Unix socket", skip: e.redisSkip, redis: true,
 			site: site(throttleRedisUnix, proxy), header: bearer, against: "throttle",
 		},
