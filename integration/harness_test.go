@@ -179,24 +179,27 @@ func adminPost(t *testing.T, path, contentType, body string) (int, string) {
 
 // adminTry sends method path (with body, of contentType, unless body is
 // empty) to the admin endpoint at admin, returning transport errors after
-// ten attempts 50 ms apart. It opens a connection per attempt (adminClient): Caddy
-// replaces its admin server on every load, failed ones included, and
-// closes the connections the old one kept alive, so a request sent on one
-// of those meets EOF (a POST is not retried by net/http).
+// ten attempts 50 ms apart. It opens a connection per attempt
+// (adminClient): Caddy replaces its admin server on every load, failed
+// ones included, and closes the connections the old one kept alive, so a
+// request sent on one of those meets EOF (a POST is not retried by
+// net/http).
 func adminTry(ctx context.Context, method, admin, path, contentType, body string) (int, string, error) {
 	var err error
 	for try := range 10 {
 		if try > 0 {
 			time.Sleep(50 * time.Millisecond)
 		}
+		var payload io.Reader = http.NoBody
+		if body != "" {
+			payload = strings.NewReader(body)
+		}
 		var req *http.Request
-		req, err = http.NewRequestWithContext(ctx, method, "http://"+admin+path, strings.NewReader(body))
+		req, err = http.NewRequestWithContext(ctx, method, "http://"+admin+path, payload)
 		if err != nil {
 			return 0, "", err
 		}
-		if body == "" {
-			req.Body, req.ContentLength = http.NoBody, 0
-		} else {
+		if body != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
 		var resp *http.Response
