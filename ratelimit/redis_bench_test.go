@@ -1,9 +1,15 @@
 package ratelimit
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha1" //nolint:gosec // G505: EVALSHA names a script by its SHA-1
+	"encoding/hex"
+	"net"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,4 +92,136 @@ func benchTake(b *testing.B, name string, callers int, take func(string, []verdi
 			}
 		})
 	}
+}
+
+// BenchmarkRedisRoundTrip puts the CPU that throttle's Redis check costs
+// this process (cpu-ns/op: utime+stime per check; redis-server's own is
+// apart) beside the floor of that check, at 1 to 64 concurrent callers:
+//   - raw: the very command throttle sends (EVALSHA of its script, the
+//     same keys and arguments) written and its reply read on a net.Conn
+//     of its own per caller, with no client library and no goroutine but
+//     the caller's: one write(2), one read(2) and the netpoller;
+//   - take: throttle's check, through the rueidis client it uses.
+//
+// It also reports the read(2) and write(2) calls per check
+// (/proc/self/io), which is where the CPU goes.
+func BenchmarkRedisRoundTrip(b *testing.B) {
+	srv := redistest.Start(b)
+	r := rate(1_000_000_000, time.Second, 1_000_000_000)
+	z, _ := testRedisZone(b, []string{srv.URL()}, Redis{Timeout: caddy.Duration(time.Second)}, r)
+	var out [1]verdict
+	if res, ok := z.take(context.Background(), "warm-up", out[:]); res != redisDecided || !ok { // loads the script
+		b.Fatal("the warm-up check was not admitted")
+	}
+	sum := sha1.Sum([]byte(gcraScript)) //nolint:gosec // G401: the script's name for EVALSHA, not a secret
+	sha := hex.EncodeToString(sum[:])
+	for _, callers := range []int{1, 4, 16, 64} {
+		b.Run("raw/callers="+strconv.Itoa(callers), func(b *testing.B) {
+			conns := make([]net.Conn, callers)
+			replies := make([]*bufio.Reader, callers)
+			cmds := make([][]byte, callers)
+			for i := range conns {
+				c, err := new(net.Dialer).DialContext(b.Context(), "tcp", srv.Addr())
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				conns[i], replies[i] = c, bufio.NewReader(c)
+				keys := z.appendKeys(nil, "raw-"+strconv.Itoa(i))
+				cmds[i] = respCommand(slices.Concat([]string{"EVALSHA", sha, strconv.Itoa(len(keys))}, keys, z.args))
+			}
+			want := "*" + strconv.Itoa(len(z.limits)+2) + "\r\n"
+			roundTrips(b, callers, func(c int) bool {
+				if _, err := conns[c].Write(cmds[c]); err != nil {
+					return false
+				}
+				// An array of integers: its header, then one line each.
+				head, err := replies[c].ReadSlice('\n')
+				if err != nil || string(head) != want {
+					return false
+				}
+				for range len(z.limits) + 2 {
+					if line, err := replies[c].ReadSlice('\n'); err != nil || line[0] != ':' {
+						return false
+					}
+				}
+				return true
+			})
+		})
+		b.Run("take/callers="+strconv.Itoa(callers), func(b *testing.B) {
+			ids := make([]string, callers)
+			for i := range ids {
+				ids[i] = "take-" + strconv.Itoa(i)
+			}
+			roundTrips(b, callers, func(c int) bool {
+				var out [1]verdict
+				res, ok := z.take(context.Background(), ids[c], out[:])
+				return res == redisDecided && ok
+			})
+		})
+	}
+}
+
+// respCommand encodes a command as Redis reads it (a RESP array of bulk
+// strings).
+func respCommand(parts []string) []byte {
+	cmd := "*" + strconv.Itoa(len(parts)) + "\r\n"
+	for _, p := range parts {
+		cmd += "$" + strconv.Itoa(len(p)) + "\r\n" + p + "\r\n"
+	}
+	return []byte(cmd)
+}
+
+// roundTrips runs b.N calls of do, spread over callers goroutines, and
+// reports the process CPU per call.
+func roundTrips(b *testing.B, callers int, do func(caller int) bool) {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	b.ResetTimer()
+	defer cpuPerOp(b)()
+	defer syscallsPerOp(b)()
+	for c := range callers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				if !do(c) {
+					b.Error("call failed")
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// syscallsPerOp reports the read and write system calls of this process
+// per operation (/proc/self/io syscr and syscw), when Linux tells them.
+func syscallsPerOp(b *testing.B) func() {
+	b.Helper()
+	r0, w0, ok := procIO()
+	return func() {
+		if r1, w1, ok1 := procIO(); ok && ok1 {
+			b.ReportMetric(float64(r1-r0)/float64(b.N), "reads/op")
+			b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/op")
+		}
+	}
+}
+
+func procIO() (reads, writes int64, ok bool) {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0, 0, false
+	}
+	for line := range strings.Lines(string(data)) {
+		name, v, _ := strings.Cut(strings.TrimSpace(line), ": ")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch name {
+		case "syscr":
+			reads = n
+		case "syscw":
+			writes = n
+		}
+	}
+	return reads, writes, true
 }

@@ -121,6 +121,13 @@ func newRedisClient(opt rueidis.ClientOption, urls []string, timeout time.Durati
 	// refresh, give up after this: a frozen node's connection is dropped
 	// within a second or the call timeout, never the default 10 s.
 	opt.ConnWriteTimeout = max(timeout, time.Second)
+	// One connection per node, as rueidis gives a Cluster by default,
+	// also for a single server or a Sentinel's master (2 or 4 by
+	// default): every check then queues on one pipe, so concurrent checks
+	// share a write(2) and a read(2) more often. BenchmarkRedisRoundTrip
+	// at 16 to 256 callers: 15-35% less CPU per check, with the same
+	// throughput; at 1 to 4 callers, no change.
+	opt.PipelineMultiplex = -1
 	c := &redisClient{
 		opt:      opt,
 		timeout:  timeout,

@@ -21,7 +21,11 @@ type scenario struct {
 	against string      // name of the scenario it is compared with (its baseline)
 	budget  *budget     // most it may allocate per request over its baseline
 	redis   bool        // Redis script calls and redis-server CPU are reported
-	skip    string      // why it does not run
+	// syscalls: the caddy process's read(2) and write(2) calls per
+	// request are reported, beside its baseline's (where a round trip's
+	// CPU goes).
+	syscalls bool
+	skip     string // why it does not run
 
 	addr string
 	m    measured
@@ -47,16 +51,20 @@ type measured struct {
 	bytes    uint64        // caddy heap bytes allocated (memstats TotalAlloc)
 	calls    int64         // Redis script calls
 	rcpu     time.Duration // redis-server CPU time
+	reads    int64         // caddy read(2) calls (/proc/<pid>/io syscr)
+	writes   int64         // caddy write(2) calls (syscw)
 }
 
 // addRound adds one round's figures. The memstats counters are the
 // difference between two readings less the readings' own allocations.
-func (m *measured) addRound(r result, cpu time.Duration, before, after, overhead memStats) {
+func (m *measured) addRound(r result, cpu time.Duration, sys procIOStats, before, after, overhead memStats) {
 	m.requests += int64(len(r.lat))
 	m.lat = append(m.lat, r.lat...)
 	m.rpsSum += r.rps
 	m.rounds++
 	m.cpu += cpu
+	m.reads += sys.reads
+	m.writes += sys.writes
 	m.mallocs += sub(after.Mallocs, before.Mallocs+overhead.Mallocs)
 	m.bytes += sub(after.TotalAlloc, before.TotalAlloc+overhead.TotalAlloc)
 }
@@ -196,6 +204,21 @@ func printReport(w io.Writer, scs []*scenario) {
 			fmt.Fprintf(w, "\n%s: %.3f Redis script calls (EVALSHA+EVAL, INFO commandstats) per request; redis-server CPU %.1fµs per request (not in CPU/req above)\n",
 				sc.name, sc.m.perReq(float64(sc.m.calls)), sc.m.perReq(float64(sc.m.rcpu.Nanoseconds()))/1e3)
 		}
+	}
+	byName := map[string]*scenario{}
+	for _, sc := range scs {
+		byName[sc.name] = sc
+	}
+	for _, sc := range scs {
+		if !sc.syscalls || sc.skip != "" || sc.m.requests == 0 {
+			continue
+		}
+		line := fmt.Sprintf("\n%s: the caddy process made %.2f read(2) and %.2f write(2) calls per request", sc.name,
+			sc.m.perReq(float64(sc.m.reads)), sc.m.perReq(float64(sc.m.writes)))
+		if b, ok := byName[sc.against]; ok && b.skip == "" && b.m.requests > 0 {
+			line += fmt.Sprintf(" (%s: %.2f and %.2f)", b.name, b.m.perReq(float64(b.m.reads)), b.m.perReq(float64(b.m.writes)))
+		}
+		fmt.Fprintln(w, line)
 	}
 	fmt.Fprintln(w, "\nscenarios:")
 	for _, sc := range scs {

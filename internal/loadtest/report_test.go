@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +22,7 @@ func measuredScenario(name, against string, b *budget, requests int, mallocs, by
 	overhead := memStats{Mallocs: 70, TotalAlloc: 9000}
 	before := memStats{Mallocs: 1_000_000, TotalAlloc: 50_000_000}
 	after := memStats{Mallocs: before.Mallocs + overhead.Mallocs + mallocs, TotalAlloc: before.TotalAlloc + overhead.TotalAlloc + bytes}
-	sc.m.addRound(result{lat: lat, rps: 1000}, cpu, before, after, overhead)
+	sc.m.addRound(result{lat: lat, rps: 1000}, cpu, procIOStats{}, before, after, overhead)
 	return sc
 }
 
@@ -113,7 +115,7 @@ func TestVerdictRoundsToATenth(t *testing.T) {
 func TestAddRoundNeverUnderflows(t *testing.T) {
 	var m measured
 	// A reading that allocated less than the calibrated overhead.
-	m.addRound(result{lat: []time.Duration{time.Millisecond}, rps: 1}, 0,
+	m.addRound(result{lat: []time.Duration{time.Millisecond}, rps: 1}, 0, procIOStats{},
 		memStats{Mallocs: 100, TotalAlloc: 100}, memStats{Mallocs: 120, TotalAlloc: 150}, memStats{Mallocs: 30, TotalAlloc: 80})
 	if m.mallocs != 0 || m.bytes != 0 {
 		t.Errorf("mallocs, bytes = %d, %d; want 0, 0", m.mallocs, m.bytes)
@@ -192,5 +194,50 @@ func TestSelectScenarios(t *testing.T) {
 	}
 	if _, err := selectScenarios(scs, "nope"); err == nil {
 		t.Error("-only with an unknown scenario accepted")
+	}
+}
+
+// TestSyscallsFootnote: a scenario marked syscalls gets its read(2) and
+// write(2) calls per request printed beside its baseline's.
+func TestSyscallsFootnote(t *testing.T) {
+	base := measuredScenario("throttle", "", nil, 1000, 1, 1, time.Millisecond)
+	base.m.reads, base.m.writes = 3000, 2000
+	redis := measuredScenario("throttle_redis", "throttle", nil, 1000, 1, 1, time.Millisecond)
+	redis.syscalls = true
+	redis.m.reads, redis.m.writes = 4500, 3000
+	var out bytes.Buffer
+	printReport(&out, []*scenario{base, redis})
+	want := "throttle_redis: the caddy process made 4.50 read(2) and 3.00 write(2) calls per request (throttle: 3.00 and 2.00)"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, out.String())
+	}
+	if strings.Contains(out.String(), "throttle: the caddy process") {
+		t.Errorf("a scenario not marked syscalls got the footnote:\n%s", out.String())
+	}
+}
+
+// TestProcIOCountsThisProcess reads this process's own /proc/<pid>/io
+// around writes it makes.
+func TestProcIOCountsThisProcess(t *testing.T) {
+	before, err := procIO(os.Getpid())
+	if err != nil {
+		t.Skip("no /proc/<pid>/io here:", err)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "w"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for range 10 {
+		if _, err := f.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := procIO(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after.writes - before.writes; d < 10 {
+		t.Errorf("10 writes counted as %d", d)
 	}
 }

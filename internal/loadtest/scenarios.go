@@ -166,15 +166,22 @@ func scenarios(e *env) []*scenario {
 			header: bearer, against: "aggregate_one",
 		},
 		{
-			name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true,
+			name: "throttle_redis", about: "throttle (Redis zone) + reverse_proxy", skip: e.redisSkip, redis: true, syscalls: true,
 			site: site(throttleRedis, proxy), header: bearer, against: "throttle", budget: &budget{allocs: 6, cpu: 10},
 		},
 		{
 			// The same limits over the redis-server's Unix socket: the
 			// transport's share of throttle_redis's CPU, loopback TCP
 			// against a socket that skips the TCP stack.
-			name: "throttle_redis_unix", about: "throttle_redis through the redis-server's Unix socket", skip: e.redisSkip, redis: true,
+			name: "throttle_redis_unix", about: "throttle_redis through the redis-server's Unix socket", skip: e.redisSkip, redis: true, syscalls: true,
 			site: site(throttleRedisUnix, proxy), header: bearer, against: "throttle",
+		},
+		{
+			// Caddy's own way of asking another service about every
+			// request: one more round trip on loopback, in Caddy's code,
+			// beside throttle_redis's one round trip to Redis.
+			name: "forward_auth", about: "Caddy's forward_auth to the loopback upstream (one more round trip per request) + reverse_proxy", syscalls: true,
+			site: site("forward_auth "+e.upstream+" {\n\turi /fast\n}", proxy), header: bearer, against: "baseline",
 		},
 	}
 }
