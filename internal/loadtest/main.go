@@ -320,10 +320,7 @@ func profile(ctx context.Context, client *http.Client, adm *admin, scs []*scenar
 
 	// Per scenario, where its allocations per request differ from its
 	// baseline's: exact with -memprofilerate 1, an estimate otherwise.
-	byName := map[string]*scenario{}
-	for _, sc := range scs {
-		byName[sc.name] = sc
-	}
+	byName := indexByName(scs)
 	flat := map[string]map[string]int64{}
 	for _, sc := range scs {
 		if sc.skip == "" {

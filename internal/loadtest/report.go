@@ -40,6 +40,18 @@ type budget struct {
 	cpu    float64
 }
 
+// ran tells whether the scenario ran and measured requests.
+func (sc *scenario) ran() bool { return sc.skip == "" && sc.m.requests > 0 }
+
+// indexByName maps each scenario's name to it.
+func indexByName(scs []*scenario) map[string]*scenario {
+	byName := make(map[string]*scenario, len(scs))
+	for _, sc := range scs {
+		byName[sc.name] = sc
+	}
+	return byName
+}
+
 // measured sums what the rounds of one scenario measured.
 type measured struct {
 	requests int64
@@ -119,10 +131,7 @@ type row struct {
 
 // rows computes the report from measured scenarios.
 func rows(scs []*scenario) []row {
-	byName := map[string]*scenario{}
-	for _, sc := range scs {
-		byName[sc.name] = sc
-	}
+	byName := indexByName(scs)
 	out := make([]row, 0, len(scs))
 	for _, sc := range scs {
 		r := row{name: sc.name, skip: sc.skip}
@@ -133,7 +142,7 @@ func rows(scs []*scenario) []row {
 		m := &sc.m
 		r.rps, r.p50, r.p99, r.cpu = m.rps(), m.pct(50), m.pct(99), m.cpuPerReq()
 		r.allocs, r.bytes = m.allocsPerReq(), m.bytesPerReq()
-		if b, ok := byName[sc.against]; ok && b.skip == "" && b.m.requests > 0 {
+		if b, ok := byName[sc.against]; ok && b.ran() {
 			bm := &b.m
 			r.against = b.name
 			r.dAllocs, r.dBytes, r.dCPU = r.allocs-bm.allocsPerReq(), r.bytes-bm.bytesPerReq(), r.cpu-bm.cpuPerReq()
@@ -200,22 +209,19 @@ func printReport(w io.Writer, scs []*scenario) {
 		fmt.Fprintln(w, strings.TrimRight(line, " |"))
 	}
 	for _, sc := range scs {
-		if sc.redis && sc.skip == "" && sc.m.requests > 0 {
+		if sc.redis && sc.ran() {
 			fmt.Fprintf(w, "\n%s: %.3f Redis script calls (EVALSHA+EVAL, INFO commandstats) per request; redis-server CPU %.1fµs per request (not in CPU/req above)\n",
 				sc.name, sc.m.perReq(float64(sc.m.calls)), sc.m.perReq(float64(sc.m.rcpu.Nanoseconds()))/1e3)
 		}
 	}
-	byName := map[string]*scenario{}
+	byName := indexByName(scs)
 	for _, sc := range scs {
-		byName[sc.name] = sc
-	}
-	for _, sc := range scs {
-		if !sc.syscalls || sc.skip != "" || sc.m.requests == 0 {
+		if !sc.syscalls || !sc.ran() {
 			continue
 		}
 		line := fmt.Sprintf("\n%s: the caddy process made %.2f read(2) and %.2f write(2) calls per request", sc.name,
 			sc.m.perReq(float64(sc.m.reads)), sc.m.perReq(float64(sc.m.writes)))
-		if b, ok := byName[sc.against]; ok && b.skip == "" && b.m.requests > 0 {
+		if b, ok := byName[sc.against]; ok && b.ran() {
 			line += fmt.Sprintf(" (%s: %.2f and %.2f)", b.name, b.m.perReq(float64(b.m.reads)), b.m.perReq(float64(b.m.writes)))
 		}
 		fmt.Fprintln(w, line)
@@ -275,10 +281,7 @@ func selectScenarios(scs []*scenario, only string) ([]*scenario, error) {
 	if only == "" {
 		return scs, nil
 	}
-	byName := map[string]*scenario{}
-	for _, sc := range scs {
-		byName[sc.name] = sc
-	}
+	byName := indexByName(scs)
 	keep := map[string]bool{scs[0].name: true}
 	for name := range strings.SplitSeq(only, ",") {
 		name = strings.TrimSpace(name)
