@@ -9,12 +9,12 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/procstat"
 	"github.com/caddygateway/caddy-gateway/internal/redistest"
 
 	"github.com/caddyserver/caddy/v2"
@@ -199,29 +199,12 @@ func roundTrips(b *testing.B, callers int, do func(caller int) bool) {
 // per operation (/proc/self/io syscr and syscw), when Linux tells them.
 func syscallsPerOp(b *testing.B) func() {
 	b.Helper()
-	r0, w0, ok := procIO()
+	before, err := procstat.IO(os.Getpid())
 	return func() {
-		if r1, w1, ok1 := procIO(); ok && ok1 {
-			b.ReportMetric(float64(r1-r0)/float64(b.N), "reads/op")
-			b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/op")
+		if after, err1 := procstat.IO(os.Getpid()); err == nil && err1 == nil {
+			d := after.Sub(before)
+			b.ReportMetric(float64(d.Reads)/float64(b.N), "reads/op")
+			b.ReportMetric(float64(d.Writes)/float64(b.N), "writes/op")
 		}
 	}
-}
-
-func procIO() (reads, writes int64, ok bool) {
-	data, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		return 0, 0, false
-	}
-	for line := range strings.Lines(string(data)) {
-		name, v, _ := strings.Cut(strings.TrimSpace(line), ": ")
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch name {
-		case "syscr":
-			reads = n
-		case "syscw":
-			writes = n
-		}
-	}
-	return reads, writes, true
 }

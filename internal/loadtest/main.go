@@ -50,6 +50,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddygateway/caddy-gateway/internal/procstat"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -222,7 +223,7 @@ func measureRound(ctx context.Context, client *http.Client, adm *admin, e *env, 
 	if err != nil {
 		return err
 	}
-	io0, err := procIO(pid)
+	io0, err := procstat.IO(pid)
 	if err != nil {
 		return err
 	}
@@ -234,7 +235,7 @@ func measureRound(ctx context.Context, client *http.Client, adm *admin, e *env, 
 	if err != nil {
 		return err
 	}
-	io1, err := procIO(pid)
+	io1, err := procstat.IO(pid)
 	if err != nil {
 		return err
 	}
@@ -246,7 +247,7 @@ func measureRound(ctx context.Context, client *http.Client, adm *admin, e *env, 
 	if err != nil {
 		return err
 	}
-	sc.m.addRound(r, time.Duration(cpu1-cpu0)*tick, procIOStats{reads: io1.reads - io0.reads, writes: io1.writes - io0.writes}, ms0, ms1, overhead)
+	sc.m.addRound(r, time.Duration(cpu1-cpu0)*tick, io1.Sub(io0), ms0, ms1, overhead)
 	if sc.redis {
 		calls1, err := e.redisServer.scriptCalls()
 		if err != nil {
@@ -521,40 +522,6 @@ func procCPU(pid int) (int64, error) {
 		return 0, err
 	}
 	return utime + stime, nil
-}
-
-// procIOStats counts a process's read and write system calls.
-type procIOStats struct{ reads, writes int64 }
-
-// procIO reads the system calls of process pid that read and write
-// (/proc/<pid>/io syscr and syscw: read(2), write(2) and their kin).
-func procIO(pid int) (procIOStats, error) {
-	var st procIOStats
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
-	if err != nil {
-		return st, err
-	}
-	var seen int
-	for line := range strings.Lines(string(data)) {
-		name, v, _ := strings.Cut(strings.TrimSpace(line), ": ")
-		var dst *int64
-		switch name {
-		case "syscr":
-			dst = &st.reads
-		case "syscw":
-			dst = &st.writes
-		default:
-			continue
-		}
-		if *dst, err = strconv.ParseInt(v, 10, 64); err != nil {
-			return st, fmt.Errorf("/proc/%d/io: %s: %w", pid, name, err)
-		}
-		seen++
-	}
-	if seen != 2 {
-		return st, fmt.Errorf("/proc/%d/io has no syscr and syscw: %q", pid, data)
-	}
-	return st, nil
 }
 
 // clockTick is the length of one /proc clock tick (getconf CLK_TCK, 100 Hz

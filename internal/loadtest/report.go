@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/caddygateway/caddy-gateway/internal/procstat"
 )
 
 // scenario is one site of the caddy under test, and what was measured on
@@ -69,14 +71,14 @@ type measured struct {
 
 // addRound adds one round's figures. The memstats counters are the
 // difference between two readings less the readings' own allocations.
-func (m *measured) addRound(r result, cpu time.Duration, sys procIOStats, before, after, overhead memStats) {
+func (m *measured) addRound(r result, cpu time.Duration, sys procstat.IOStats, before, after, overhead memStats) {
 	m.requests += int64(len(r.lat))
 	m.lat = append(m.lat, r.lat...)
 	m.rpsSum += r.rps
 	m.rounds++
 	m.cpu += cpu
-	m.reads += sys.reads
-	m.writes += sys.writes
+	m.reads += sys.Reads
+	m.writes += sys.Writes
 	m.mallocs += sub(after.Mallocs, before.Mallocs+overhead.Mallocs)
 	m.bytes += sub(after.TotalAlloc, before.TotalAlloc+overhead.TotalAlloc)
 }
