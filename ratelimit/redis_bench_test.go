@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddygateway/caddy-gateway/internal/procstat"
 	"github.com/caddygateway/caddy-gateway/internal/redistest"
+	"github.com/caddygateway/caddy-gateway/internal/resp"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -128,7 +129,7 @@ func BenchmarkRedisRoundTrip(b *testing.B) {
 				defer c.Close()
 				conns[i], replies[i] = c, bufio.NewReader(c)
 				keys := z.appendKeys(nil, "raw-"+strconv.Itoa(i))
-				cmds[i] = respCommand(slices.Concat([]string{"EVALSHA", sha, strconv.Itoa(len(keys))}, keys, z.args))
+				cmds[i] = resp.Command(slices.Concat([]string{"EVALSHA", sha, strconv.Itoa(len(keys))}, keys, z.args)...)
 			}
 			want := "*" + strconv.Itoa(len(z.limits)+2) + "\r\n"
 			roundTrips(b, callers, func(c int) bool {
@@ -160,16 +161,6 @@ func BenchmarkRedisRoundTrip(b *testing.B) {
 			})
 		})
 	}
-}
-
-// respCommand encodes a command as Redis reads it (a RESP array of bulk
-// strings).
-func respCommand(parts []string) []byte {
-	cmd := "*" + strconv.Itoa(len(parts)) + "\r\n"
-	for _, p := range parts {
-		cmd += "$" + strconv.Itoa(len(p)) + "\r\n" + p + "\r\n"
-	}
-	return []byte(cmd)
 }
 
 // roundTrips runs b.N calls of do, spread over callers goroutines, and

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/caddygateway/caddy-gateway/internal/resp"
 )
 
 // redisServer is a redis-server started on a free loopback port, also
@@ -85,12 +87,7 @@ func (r *redisServer) command(args ...string) (string, error) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := io.WriteString(conn, b.String()); err != nil {
+	if _, err := conn.Write(resp.Command(args...)); err != nil {
 		return "", err
 	}
 	br := bufio.NewReader(conn)
