@@ -53,46 +53,32 @@ func BenchmarkRedisTake(b *testing.B) {
 
 func benchTake(b *testing.B, name string, callers int, take func(string, []verdict) bool) {
 	b.Helper()
-	{
-		b.Run(name+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
-			ids := make([]string, callers)
-			for i := range ids {
-				ids[i] = "bench-" + strconv.Itoa(i)
+	b.Run(name+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
+		ids := make([]string, callers)
+		outs := make([][]verdict, callers)
+		lat := make([][]time.Duration, callers)
+		for i := range ids {
+			ids[i] = "bench-" + strconv.Itoa(i)
+			outs[i] = make([]verdict, 1)
+			// Preallocated: allocations are the checks' own.
+			lat[i] = make([]time.Duration, 0, b.N/callers+b.N/4+16)
+		}
+		elapsed := roundTrips(b, callers, func(c int) bool {
+			t0 := time.Now()
+			if !take(ids[c], outs[c]) {
+				return false
 			}
-			lat := make([][]time.Duration, callers)
-			for i := range lat { // preallocated: allocations are the checks' own
-				lat[i] = make([]time.Duration, 0, b.N/callers+b.N/4+16)
-			}
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			for c := range callers {
-				wg.Go(func() {
-					out := make([]verdict, 1)
-					for next.Add(1) <= int64(b.N) {
-						t0 := time.Now()
-						if !take(ids[c], out) {
-							b.Error("refused or not decided")
-							return
-						}
-						lat[c] = append(lat[c], time.Since(t0))
-					}
-				})
-			}
-			wg.Wait()
-			elapsed := time.Since(start)
-			b.StopTimer()
-			all := slices.Concat(lat...)
-			slices.Sort(all)
-			if len(all) > 0 {
-				b.ReportMetric(float64(len(all))/elapsed.Seconds(), "ops/s")
-				b.ReportMetric(float64(all[len(all)/2].Nanoseconds()), "p50-ns")
-				b.ReportMetric(float64(all[len(all)*99/100].Nanoseconds()), "p99-ns")
-			}
+			lat[c] = append(lat[c], time.Since(t0))
+			return true
 		})
-	}
+		all := slices.Concat(lat...)
+		slices.Sort(all)
+		if len(all) > 0 {
+			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "ops/s")
+			b.ReportMetric(float64(all[len(all)/2].Nanoseconds()), "p50-ns")
+			b.ReportMetric(float64(all[len(all)*99/100].Nanoseconds()), "p99-ns")
+		}
+	})
 }
 
 // BenchmarkRedisRoundTrip puts the CPU that throttle's Redis check costs
@@ -163,27 +149,34 @@ func BenchmarkRedisRoundTrip(b *testing.B) {
 	}
 }
 
-// roundTrips runs b.N calls of do, spread over callers goroutines, and
-// reports the process CPU per call.
-func roundTrips(b *testing.B, callers int, do func(caller int) bool) {
+// roundTrips runs b.N calls of do, spread over callers goroutines,
+// reports the process CPU and system calls per call, and returns the wall
+// time the calls took, with the timer stopped.
+func roundTrips(b *testing.B, callers int, do func(caller int) bool) time.Duration {
 	b.Helper()
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	sys := syscallsPerOp(b) // reads /proc before the timer starts
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer cpuPerOp(b)()
-	defer syscallsPerOp(b)()
+	cpu := cpuPerOp(b)
+	start := time.Now()
 	for c := range callers {
 		wg.Go(func() {
 			for next.Add(1) <= int64(b.N) {
 				if !do(c) {
-					b.Error("call failed")
+					b.Error("a check was refused, not decided, or failed")
 					return
 				}
 			}
 		})
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer() // reading /proc allocates: not the calls' own
+	cpu()
+	sys()
+	return elapsed
 }
 
 // syscallsPerOp reports the read and write system calls of this process
